@@ -1,0 +1,62 @@
+"""Request building shared by the sync and asyncio clients (one place, no duplication)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vigil.v1 import common_pb2, instant_pb2
+
+from clients.results import Template
+
+#: An image as a path or raw bytes, or (for verification) a template.
+ImageLike = str | Path | bytes
+FaceLike = ImageLike | Template
+
+
+def media(image: ImageLike, content_type: str = "") -> common_pb2.Media:
+    data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    return common_pb2.Media(data=data, content_type=content_type)
+
+
+def subject_policy(require_single_face: bool) -> common_pb2.SubjectPolicy.ValueType:
+    return (
+        common_pb2.SUBJECT_POLICY_REQUIRE_SINGLE
+        if require_single_face
+        else common_pb2.SUBJECT_POLICY_LARGEST
+    )
+
+
+def detect(image: ImageLike) -> instant_pb2.DetectRequest:
+    return instant_pb2.DetectRequest(image=media(image))
+
+
+def liveness(image: ImageLike, require_single_face: bool) -> instant_pb2.LivenessRequest:
+    return instant_pb2.LivenessRequest(
+        image=media(image), subject_policy=subject_policy(require_single_face)
+    )
+
+
+def template(image: ImageLike, require_single_face: bool) -> instant_pb2.TemplateRequest:
+    return instant_pb2.TemplateRequest(
+        image=media(image), subject_policy=subject_policy(require_single_face)
+    )
+
+
+def face_input(face: FaceLike) -> instant_pb2.FaceInput:
+    if isinstance(face, Template):
+        return instant_pb2.FaceInput(template=face.to_proto())
+    return instant_pb2.FaceInput(image=media(face))
+
+
+def verify(a: FaceLike, b: FaceLike, require_single_face: bool) -> instant_pb2.VerifyRequest:
+    return instant_pb2.VerifyRequest(
+        a=face_input(a), b=face_input(b), subject_policy=subject_policy(require_single_face)
+    )
+
+
+#: Client-side limit on messages; the server enforces its own.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]

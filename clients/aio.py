@@ -1,0 +1,67 @@
+"""The asyncio Python client (same requests and results as the blocking one)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from vigil.v1 import instant_pb2, instant_pb2_grpc
+
+from clients import _requests as build
+from clients.errors import VigilRpcError
+from clients.results import DetectResult, LivenessResult, TemplateResult, VerifyResult
+
+T = TypeVar("T")
+
+
+class AsyncVigilClient:
+    """``async with AsyncVigilClient("localhost:50051") as client: await client.liveness(...)``."""
+
+    def __init__(self, target: str = "localhost:50051", timeout: float | None = 30.0) -> None:
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(target, options=build.CHANNEL_OPTIONS)
+        self._stub = instant_pb2_grpc.InstantStub(self._channel)
+
+    async def _call(
+        self, method: Callable[..., Awaitable[Any]], request: Any, convert: Callable[[Any], T]
+    ) -> T:
+        try:
+            return convert(await method(request, timeout=self.timeout))
+        except grpc.RpcError as error:
+            raise VigilRpcError.from_grpc(error) from None
+
+    async def detect(self, image: build.ImageLike) -> DetectResult:
+        return await self._call(self._stub.Detect, build.detect(image), DetectResult.from_proto)
+
+    async def liveness(
+        self, image: build.ImageLike, require_single_face: bool = False
+    ) -> LivenessResult:
+        request = build.liveness(image, require_single_face)
+        return await self._call(self._stub.CheckLiveness, request, LivenessResult.from_proto)
+
+    async def template(
+        self, image: build.ImageLike, require_single_face: bool = False
+    ) -> TemplateResult:
+        request = build.template(image, require_single_face)
+        return await self._call(self._stub.ExtractTemplate, request, TemplateResult.from_proto)
+
+    async def verify(
+        self, a: build.FaceLike, b: build.FaceLike, require_single_face: bool = False
+    ) -> VerifyResult:
+        request = build.verify(a, b, require_single_face)
+        return await self._call(self._stub.Verify, request, VerifyResult.from_proto)
+
+    async def server_info(self) -> instant_pb2.ServerInfo:
+        return await self._call(
+            self._stub.GetServerInfo, instant_pb2.GetServerInfoRequest(), lambda r: r
+        )
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncVigilClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,1 @@
+"""vigil's inference engine: media decoding, detection, alignment, models, batching, backends."""

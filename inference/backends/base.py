@@ -1,0 +1,54 @@
+"""The backend interface: load a model file, run it on named numpy arrays, unload it.
+
+A backend knows nothing of faces: it turns ``{input_name: array}`` into ``{output_name: array}``.
+Pre- and post-processing live in the model modules; batching lives in :mod:`inference.batcher`,
+which wraps a :class:`LoadedModel` by composition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from inference.catalog import ModelSpec
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What every backend may be tuned with; a backend ignores what it has no use for."""
+
+    #: Threads one inference call may use (ONNX Runtime intra-op threads).
+    intra_op_threads: int = 1
+    #: Directory for compiled artefacts (TensorRT engines).
+    cache_dir: Path | None = None
+    #: Numeric precision where the backend can choose: "fp32" or "fp16".
+    precision: str = "fp32"
+    #: GPU ordinal for GPU backends.
+    device_id: int = 0
+
+
+class LoadedModel(Protocol):
+    """A model ready to run. ``infer`` is blocking and thread-safe; call it from an executor."""
+
+    spec: ModelSpec
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch. Arrays are C-contiguous float32 with the batch as the first axis."""
+        ...
+
+    def unload(self) -> None:
+        """Free what the model holds (sessions, engines, device buffers). Idempotent."""
+        ...
+
+
+class Backend(Protocol):
+    """A way to run models, registered by name in :mod:`inference.backends`."""
+
+    name: str
+
+    def load(self, spec: ModelSpec, path: Path, options: BackendOptions) -> LoadedModel:
+        """Load ``path`` (already verified against ``spec.sha256``) or raise ``ModelError``."""
+        ...

@@ -1,0 +1,124 @@
+"""YuNet face detection: letterbox-free resize + pad, one ONNX call, anchor decoding in numpy.
+
+The decoding follows the model's own definition (see MODELS.md): for each stride s and anchor at
+(row, col), score = sqrt(cls·obj), centre = (col + dx, row + dy)·s, size = exp(dw, dh)·s,
+landmarks = (kps + (col, row))·s; then NMS. ``cv2.FaceDetectorYN`` agrees with it (tested).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from inference.backends.base import LoadedModel
+from inference.types import Face
+
+STRIDES = (8, 16, 32)
+
+
+def prepare(bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Scale so the longer side is at most ``max_side``, pad to multiples of 32, make NCHW float32.
+
+    Returns the tensor and the factor that maps detector pixels back to image pixels.
+    """
+    height, width = bgr.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        resized = cv2.resize(
+            bgr, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
+        )
+    else:
+        resized = bgr
+    rh, rw = resized.shape[:2]
+    ph, pw = -(-rh // 32) * 32, -(-rw // 32) * 32
+    tensor = np.zeros((1, 3, ph, pw), dtype=np.float32)
+    tensor[0, :, :rh, :rw] = resized.transpose(2, 0, 1)
+    return tensor, 1.0 / scale
+
+
+def decode(
+    outputs: dict[str, np.ndarray],
+    input_hw: tuple[int, int],
+    score_threshold: float,
+    nms_iou: float,
+) -> list[Face]:
+    """Turn YuNet's raw outputs for one image into faces in detector pixels, best first."""
+    height, width = input_hw
+    boxes, scores, landmarks = [], [], []
+    for stride in STRIDES:
+        rows, cols = height // stride, width // stride
+        cls = outputs[f"cls_{stride}"][0, :, 0]
+        obj = outputs[f"obj_{stride}"][0, :, 0]
+        score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
+        keep = np.nonzero(score >= score_threshold)[0]
+        if keep.size == 0:
+            continue
+        col = (keep % cols).astype(np.float32)
+        row = (keep // cols).astype(np.float32)
+        assert rows * cols == cls.shape[0]
+        bbox = outputs[f"bbox_{stride}"][0, keep]
+        cx = (col + bbox[:, 0]) * stride
+        cy = (row + bbox[:, 1]) * stride
+        w = np.exp(bbox[:, 2]) * stride
+        h = np.exp(bbox[:, 3]) * stride
+        boxes.append(np.stack([cx - w / 2, cy - h / 2, w, h], axis=1))
+        kps = outputs[f"kps_{stride}"][0, keep].reshape(-1, 5, 2)
+        anchor = np.stack([col, row], axis=1)[:, None, :]
+        landmarks.append((kps + anchor) * stride)
+        scores.append(score[keep])
+    if not boxes:
+        return []
+    all_boxes = np.concatenate(boxes).astype(np.float32)
+    all_scores = np.concatenate(scores).astype(np.float32)
+    all_landmarks = np.concatenate(landmarks).astype(np.float32)
+    kept = cv2.dnn.NMSBoxes(all_boxes.tolist(), all_scores.tolist(), score_threshold, nms_iou)
+    order = np.asarray(kept, dtype=np.int64).reshape(-1)
+    return [
+        Face(
+            box=tuple(float(v) for v in all_boxes[i]),  # type: ignore[arg-type]
+            landmarks=all_landmarks[i],
+            score=float(all_scores[i]),
+        )
+        for i in order
+    ]
+
+
+def rescale(face: Face, factor: float, width: int, height: int) -> Face:
+    """Map a face from detector pixels to image pixels, clipping the box to the image."""
+    x, y, w, h = (v * factor for v in face.box)
+    x0, y0 = max(0.0, x), max(0.0, y)
+    x1, y1 = min(float(width), x + w), min(float(height), y + h)
+    return Face(
+        box=(x0, y0, max(0.0, x1 - x0), max(0.0, y1 - y0)),
+        landmarks=(face.landmarks * factor).astype(np.float32),
+        score=face.score,
+    )
+
+
+class YuNetDetector:
+    """Finds faces in a BGR image. ``detect`` is blocking; the engine runs it in an executor."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        max_side: int = 640,
+        score_threshold: float = 0.8,
+        nms_iou: float = 0.3,
+        min_face_px: float = 0.0,
+    ) -> None:
+        self.model = model
+        self.max_side = max_side
+        self.score_threshold = score_threshold
+        self.nms_iou = nms_iou
+        self.min_face_px = min_face_px
+
+    def detect(self, bgr: np.ndarray) -> list[Face]:
+        """All faces in the image, in image pixels, largest first."""
+        tensor, factor = prepare(bgr, self.max_side)
+        outputs = self.model.infer({"input": tensor})
+        faces = decode(outputs, tensor.shape[2:], self.score_threshold, self.nms_iou)
+        height, width = bgr.shape[:2]
+        faces = [rescale(face, factor, width, height) for face in faces]
+        faces = [f for f in faces if min(f.box[2], f.box[3]) >= self.min_face_px]
+        faces.sort(key=lambda f: f.area, reverse=True)
+        return faces

@@ -1,0 +1,306 @@
+"""The engine: bytes → decode → detect → align/crop → batched models → verdicts.
+
+Everything blocking runs in the engine's thread pool (OpenCV and ONNX Runtime release the GIL);
+the per-face models run through one :class:`Batcher` each so concurrent requests share batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from pathlib import Path
+
+import numpy as np
+
+from inference import align
+from inference.backends import BackendOptions, LoadedModel, get_backend
+from inference.batcher import Batcher, BatcherConfig
+from inference.catalog import (
+    DEFAULT_MODELS,
+    DLIB_RESNET,
+    MINIFASNET_V1SE,
+    MINIFASNET_V2,
+    YUNET,
+    ModelSpec,
+    verify_installed,
+)
+from inference.detector import YuNetDetector, prepare, rescale
+from inference.detector import decode as decode_detections
+from inference.errors import FaceNotFound, InvalidTemplate, MultipleFaces, Unavailable
+from inference.media import DecodedImage, ImageLimits, decode_image
+from inference.models import (
+    chips_to_tensor,
+    ensemble_real_probability,
+    euclidean,
+    similarity_from_distance,
+)
+from inference.types import Face, LivenessScore, Subject, Timings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LIVENESS_MODELS = (MINIFASNET_V2, MINIFASNET_V1SE)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    models_dir: Path
+    backend: str = "onnxruntime"
+    backend_options: BackendOptions = field(default_factory=BackendOptions)
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    #: Threads for decoding, alignment and backend calls.
+    worker_threads: int = 4
+    detect_max_side: int = 640
+    detect_score_threshold: float = 0.8
+    #: Faces whose box is smaller than this on its shorter side are ignored.
+    min_face_px: float = 20.0
+    liveness_threshold: float = 0.5
+    match_distance_threshold: float = 0.6
+    #: Per model name: batcher settings; models not named use the catalog's values.
+    batching: dict[str, BatcherConfig] = field(default_factory=dict)
+    #: Parallel YuNet instances (its ONNX has a fixed batch of 1).
+    detector_instances: int = 2
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    subject: Subject
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class Verification:
+    distance: float
+    similarity: float
+    match: bool
+    a: Subject | None
+    b: Subject | None
+    timings: Timings
+
+
+class Engine:
+    """Loads the catalog's models on ``start`` and answers the Instant API's questions."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.executor = ThreadPoolExecutor(config.worker_threads, thread_name_prefix="vigil-engine")
+        self.models: dict[str, LoadedModel] = {}
+        self.batchers: dict[str, Batcher] = {}
+        self.detector: YuNetDetector | None = None
+        self._started = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def load(self) -> None:
+        """Verify and load every model (blocking). Raises ``ModelError`` leaving nothing loaded."""
+        paths = verify_installed(self.config.models_dir, DEFAULT_MODELS)
+        backend = get_backend(self.config.backend)
+        try:
+            for spec in DEFAULT_MODELS:
+                self.models[spec.name] = backend.load(
+                    spec, paths[spec.name], self.config.backend_options
+                )
+        except Exception:
+            self.unload()
+            raise
+        self.detector = YuNetDetector(
+            self.models[YUNET.name],
+            max_side=self.config.detect_max_side,
+            score_threshold=self.config.detect_score_threshold,
+            min_face_px=self.config.min_face_px,
+        )
+
+    def _batcher_config(self, spec: ModelSpec) -> BatcherConfig:
+        if spec.name in self.config.batching:
+            return self.config.batching[spec.name]
+        if spec.fixed_batch:
+            return BatcherConfig(1, 0.0, spec.max_queue_size, self.config.detector_instances)
+        return BatcherConfig(
+            spec.max_batch_size, spec.max_queue_delay_ms / 1000.0, spec.max_queue_size, 1
+        )
+
+    async def start(self) -> None:
+        """Load the models in a thread and start one batcher per model (inside the running loop)."""
+        if self._started:
+            return
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.load)
+        for spec in DEFAULT_MODELS:
+            batcher = Batcher(self.models[spec.name], self.executor, self._batcher_config(spec))
+            batcher.start()
+            self.batchers[spec.name] = batcher
+        self._started = True
+
+    async def stop(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        self.batchers.clear()
+        self.unload()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self._started = False
+
+    def unload(self) -> None:
+        for model in self.models.values():
+            model.unload()
+        self.models.clear()
+
+    def model_spec(self, name: str) -> ModelSpec:
+        return self.models[name].spec
+
+    # ---- stages ----------------------------------------------------------------------------
+    def _require_started(self) -> None:
+        if not self._started:
+            raise Unavailable("the engine is not started")
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def decode(self, data: bytes, timings: Timings) -> DecodedImage:
+        started = time.perf_counter()
+        image: DecodedImage = await self._in_thread(decode_image, data, self.config.image_limits)
+        timings.decode_ms += (time.perf_counter() - started) * 1000
+        return image
+
+    async def detect_faces(
+        self, image: DecodedImage, timings: Timings, deadline: float | None = None
+    ) -> list[Face]:
+        self._require_started()
+        started = time.perf_counter()
+        tensor, factor = await self._in_thread(prepare, image.bgr, self.config.detect_max_side)
+        row, queued = await self.batchers[YUNET.name].submit({"input": tensor[0]}, deadline)
+        outputs = {name: value[None] for name, value in row.items()}
+        faces = decode_detections(
+            outputs, tensor.shape[2:], self.config.detect_score_threshold, 0.3
+        )
+        faces = [rescale(f, factor, image.width, image.height) for f in faces]
+        faces = [f for f in faces if min(f.box[2], f.box[3]) >= self.config.min_face_px]
+        faces.sort(key=lambda f: f.area, reverse=True)
+        timings.detect_ms += (time.perf_counter() - started) * 1000
+        timings.queue_ms += queued * 1000
+        return faces
+
+    async def subject(
+        self,
+        data: bytes,
+        require_single: bool,
+        timings: Timings,
+        deadline: float | None = None,
+    ) -> tuple[DecodedImage, Subject]:
+        """Decode, detect, and pick the subject (largest face) or raise NO_FACE / MULTIPLE_FACES."""
+        image = await self.decode(data, timings)
+        faces = await self.detect_faces(image, timings, deadline)
+        if not faces:
+            raise FaceNotFound(
+                f"no face found in the {image.width}×{image.height} image "
+                f"(faces smaller than {self.config.min_face_px:.0f} px are ignored)"
+            )
+        if require_single and len(faces) > 1:
+            raise MultipleFaces(f"{len(faces)} faces found; the request requires exactly one")
+        subject = Subject(
+            faces[0], len(faces), image.content_type, image.width, image.height, timings
+        )
+        return image, subject
+
+    async def _run_face_model(
+        self, spec: ModelSpec, tensor: np.ndarray, timings: Timings, deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        row, queued = await self.batchers[spec.name].submit({spec.inputs[0].name: tensor}, deadline)
+        timings.queue_ms += queued * 1000
+        return row
+
+    # ---- public API --------------------------------------------------------------------------
+    async def detect(
+        self, data: bytes, deadline: float | None = None
+    ) -> tuple[DecodedImage, list[Face], Timings]:
+        timings = Timings()
+        started = time.perf_counter()
+        image = await self.decode(data, timings)
+        faces = await self.detect_faces(image, timings, deadline)
+        timings.total_ms = (time.perf_counter() - started) * 1000
+        return image, faces, timings
+
+    async def liveness(
+        self, data: bytes, require_single: bool = False, deadline: float | None = None
+    ) -> tuple[Subject, LivenessScore]:
+        timings = Timings()
+        started = time.perf_counter()
+        image, subject = await self.subject(data, require_single, timings, deadline)
+        score = await self.liveness_of(image, subject.face, timings, deadline)
+        timings.total_ms = (time.perf_counter() - started) * 1000
+        return subject, score
+
+    async def liveness_of(
+        self, image: DecodedImage, face: Face, timings: Timings, deadline: float | None = None
+    ) -> LivenessScore:
+        started = time.perf_counter()
+        crops = await self._in_thread(_liveness_tensors, image.bgr, face.box)
+        timings.align_ms += (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        rows = await asyncio.gather(
+            *(
+                self._run_face_model(spec, crop, timings, deadline)
+                for spec, crop in zip(LIVENESS_MODELS, crops, strict=True)
+            )
+        )
+        score, members = ensemble_real_probability([row["logits"] for row in rows])
+        timings.liveness_ms += (time.perf_counter() - started) * 1000
+        return LivenessScore(
+            score, {spec.name: m for spec, m in zip(LIVENESS_MODELS, members, strict=True)}
+        )
+
+    async def embed(
+        self, data: bytes, require_single: bool = False, deadline: float | None = None
+    ) -> EmbeddingResult:
+        timings = Timings()
+        started = time.perf_counter()
+        image, subject = await self.subject(data, require_single, timings, deadline)
+        embedding = await self.embedding_of(image, subject.face, timings, deadline)
+        timings.total_ms = (time.perf_counter() - started) * 1000
+        return EmbeddingResult(subject, embedding)
+
+    async def embedding_of(
+        self, image: DecodedImage, face: Face, timings: Timings, deadline: float | None = None
+    ) -> np.ndarray:
+        started = time.perf_counter()
+        chip = await self._in_thread(_chip_tensor, image.bgr, face.landmarks)
+        timings.align_ms += (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        row = await self._run_face_model(DLIB_RESNET, chip, timings, deadline)
+        timings.embed_ms += (time.perf_counter() - started) * 1000
+        return np.asarray(row["embedding"], dtype=np.float32)
+
+    def check_template(self, values: np.ndarray, model: str, version: str) -> np.ndarray:
+        """Validate a template given by a caller against the embedding model in use."""
+        spec = DLIB_RESNET
+        if model and (model != spec.name or (version and version != spec.version)):
+            raise InvalidTemplate(
+                f"template was made by {model}:{version or '?'}; this server compares "
+                f"{spec.ref} templates only"
+            )
+        expected = spec.outputs[0].shape[-1]
+        if values.shape != (expected,):
+            raise InvalidTemplate(
+                f"template has {values.size} values; {spec.ref} templates have {expected}"
+            )
+        if not np.all(np.isfinite(values)):
+            raise InvalidTemplate("template holds NaN or infinite values")
+        return values.astype(np.float32)
+
+    def compare(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float, bool]:
+        threshold = self.config.match_distance_threshold
+        distance = euclidean(a, b)
+        return distance, similarity_from_distance(distance, threshold), distance < threshold
+
+
+def _liveness_tensors(bgr: np.ndarray, box: tuple[float, float, float, float]) -> list[np.ndarray]:
+    return [
+        chips_to_tensor([align.liveness_crop(bgr, box, spec.thresholds["crop_scale"])])[0]
+        for spec in LIVENESS_MODELS
+    ]
+
+
+def _chip_tensor(bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    return chips_to_tensor([align.align_chip(bgr, landmarks)])[0]

@@ -1,0 +1,225 @@
+"""Image decoding with limits: sniff the real type, read the size from the header, then decode.
+
+Limits are checked on the header before any pixel is decoded, so a "decompression bomb" (a tiny
+file that declares 30000×30000 pixels) costs nothing. EXIF orientation is honoured: OpenCV's
+``imdecode`` applies it, so boxes and landmarks refer to the upright image.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from inference.errors import InvalidMedia, MediaTooLarge, UnsupportedMedia
+
+#: Types vigil decodes, by sniffed MIME type.
+SUPPORTED_IMAGE_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/bmp",
+    "image/x-portable-anymap",
+)
+
+#: Types recognised only to refuse them with a precise message.
+_KNOWN_UNSUPPORTED = {
+    "image/gif": "GIF",
+    "image/tiff": "TIFF",
+    "image/heic": "HEIC/HEIF",
+    "image/avif": "AVIF",
+    "video/mp4": "MP4 video",
+    "application/pdf": "PDF",
+}
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_side: int = 16_384
+    min_side: int = 32
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, upright BGR image (uint8, H×W×3) and what was learnt on the way."""
+
+    bgr: np.ndarray
+    content_type: str
+
+    @property
+    def width(self) -> int:
+        return int(self.bgr.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.bgr.shape[0])
+
+
+def sniff(data: bytes) -> str | None:
+    """The MIME type the bytes really are, from their magic numbers; ``None`` when unknown."""
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith(b"BM") and len(data) >= 26:
+        return "image/bmp"
+    if len(head) >= 2 and head[0:1] == b"P" and head[1:2] in b"123456":
+        return "image/x-portable-anymap"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"):
+            return "image/heic"
+        if brand in (b"avif", b"avis"):
+            return "image/avif"
+        return "video/mp4"
+    if head.startswith(b"%PDF"):
+        return "application/pdf"
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the first SOF segment; checks the scan is terminated (not truncated)."""
+    pos = 2
+    size: tuple[int, int] | None = None
+    length = len(data)
+    while pos + 4 <= length:
+        if data[pos] != 0xFF:
+            raise InvalidMedia("corrupt JPEG: bad segment marker")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (seg_len,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if seg_len < 2:
+            raise InvalidMedia("corrupt JPEG: bad segment length")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if pos + 9 > length:
+                break
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            size = (width, height)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows until EOI
+            if size is None:
+                raise InvalidMedia("corrupt JPEG: scan before frame header")
+            if data.find(b"\xff\xd9", pos + 2 + seg_len) < 0:
+                raise InvalidMedia("truncated JPEG: the image data ends before its end marker")
+            return size
+        pos += 2 + seg_len
+    raise InvalidMedia("truncated JPEG: no image data")
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise InvalidMedia("corrupt PNG: no IHDR header")
+    width, height = struct.unpack(">II", data[16:24])
+    if b"IEND" not in data[-64:]:
+        raise InvalidMedia("truncated PNG: the file ends before its IEND chunk")
+    return width, height
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8 " and len(data) >= 30:
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    raise InvalidMedia("corrupt WebP: unknown or short header")
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)
+
+
+def _pnm_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PBM/PGM/PPM header (comments allowed)."""
+    tokens: list[bytes] = []
+    for line in data[2:512].splitlines():
+        line = line.split(b"#", 1)[0]
+        tokens.extend(line.split())
+        if len(tokens) >= 2:
+            break
+    try:
+        return int(tokens[0]), int(tokens[1])
+    except (IndexError, ValueError):
+        raise InvalidMedia("corrupt PNM: no size in header") from None
+
+
+_HEADER_READERS = {
+    "image/jpeg": _jpeg_size,
+    "image/png": _png_size,
+    "image/webp": _webp_size,
+    "image/bmp": _bmp_size,
+    "image/x-portable-anymap": _pnm_size,
+}
+
+
+def probe(data: bytes, limits: ImageLimits) -> tuple[str, int, int]:
+    """Sniff and read the declared size; raise before decoding if anything is off."""
+    if not data:
+        raise InvalidMedia("image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise MediaTooLarge(
+            f"image is {len(data)} bytes; the limit is {limits.max_bytes} bytes "
+            "(VIGIL_MAX_IMAGE_BYTES)"
+        )
+    kind = sniff(data)
+    if kind is None:
+        raise InvalidMedia("not an image vigil can read: the bytes match no known image format")
+    if kind not in _HEADER_READERS:
+        raise UnsupportedMedia(
+            f"{_KNOWN_UNSUPPORTED.get(kind, kind)} is not supported; "
+            "send JPEG, PNG, WebP, BMP or PNM"
+        )
+    try:
+        width, height = _HEADER_READERS[kind](data)
+    except struct.error:
+        raise InvalidMedia(f"corrupt {kind}: header is cut short") from None
+    if width <= 0 or height <= 0:
+        raise InvalidMedia(f"corrupt {kind}: declares {width}×{height} pixels")
+    if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
+        raise MediaTooLarge(
+            f"image declares {width}×{height} pixels; the limits are {limits.max_side} px a side "
+            f"and {limits.max_pixels} pixels (VIGIL_MAX_IMAGE_SIDE, VIGIL_MAX_IMAGE_PIXELS)"
+        )
+    if width < limits.min_side or height < limits.min_side:
+        raise InvalidMedia(
+            f"image is {width}×{height} pixels; at least {limits.min_side}×{limits.min_side} "
+            "is needed to find a face"
+        )
+    return kind, width, height
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
+    """Decode ``data`` into an upright BGR image, or raise a precise :class:`InvalidMedia`."""
+    kind, width, height = probe(data, limits)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if image is None:
+        raise InvalidMedia(f"corrupt {kind}: the decoder could not read the image data")
+    # EXIF orientation may swap the sides; anything else means the header lied.
+    if sorted(image.shape[:2]) != sorted((width, height)):
+        raise InvalidMedia(
+            f"corrupt {kind}: header says {width}×{height}, data decodes to "
+            f"{image.shape[1]}×{image.shape[0]}"
+        )
+    return DecodedImage(bgr=image, content_type=kind)

@@ -1,0 +1,38 @@
+"""Prometheus metrics of the engine, labelled by model. Registered once, on import."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+QUEUE_DEPTH = Gauge(
+    "vigil_model_queue_depth", "Requests waiting in a model's batcher queue", ["model"]
+)
+QUEUE_WAIT = Histogram(
+    "vigil_model_queue_wait_seconds",
+    "Time a request waited in a model's queue before its batch started",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "vigil_model_batch_size",
+    "Requests per backend call",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+INFERENCE_TIME = Histogram(
+    "vigil_model_inference_seconds",
+    "Time of one backend call (one batch)",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+REJECTED = Counter(
+    "vigil_model_rejected_total", "Requests refused because a model's queue was full", ["model"]
+)
+EXPIRED = Counter(
+    "vigil_model_expired_total",
+    "Requests dropped because their deadline passed while they waited",
+    ["model"],
+)
+BATCH_FAILURES = Counter("vigil_model_batch_failures_total", "Backend calls that raised", ["model"])

@@ -1,0 +1,101 @@
+"""The ``vigil`` command line: serving and model management here, client commands from clients/."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from clients.cli import add_client_commands
+from inference import catalog
+from inference.errors import VigilError
+from server.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {
+        key: value
+        for key, value in (
+            ("port", args.port),
+            ("metrics_port", args.metrics_port),
+            ("host", args.host),
+        )
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from server.app import serve_forever
+    from server.metrics import serve_metrics
+
+    if args.install_models:
+        catalog.install(settings.resolved_models_dir, settings.model_mirror)
+    try:
+        serve_metrics(settings.metrics_host, settings.metrics_port)
+        asyncio.run(serve_forever(settings))
+    except VigilError as error:
+        print(f"vigil: cannot start: {error.message}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"vigil: cannot start: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _models_install(args: argparse.Namespace) -> int:
+    settings = Settings()
+    target = Path(args.dir) if args.dir else settings.resolved_models_dir
+    try:
+        paths = catalog.install(target, args.mirror or settings.model_mirror)
+    except VigilError as error:
+        print(f"vigil: {error.message}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"ok  {path}")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    for spec in catalog.DEFAULT_MODELS:
+        print(f"{spec.ref:32} {spec.file:46} {spec.sha256[:12]}  {spec.licence}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vigil", description="Face liveness and matching over gRPC"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the gRPC server")
+    serve.add_argument("--port", type=int, help="gRPC port (default 50051, VIGIL_PORT)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus port (default 9095; 0 = off)")
+    serve.add_argument("--host", help="bind address (default [::])")
+    serve.add_argument(
+        "--install-models", action="store_true", help="install missing models from the mirror first"
+    )
+    serve.set_defaults(handler=_serve)
+
+    models = sub.add_parser("models", help="manage the model files").add_subparsers(
+        dest="models_command", required=True
+    )
+    install = models.add_parser("install", help="install and verify models from a mirror")
+    install.add_argument("--mirror", help="directory or base URL (default ../shared/models)")
+    install.add_argument("--dir", help="target directory (default <VIGIL_DATA_DIR>/models)")
+    install.set_defaults(handler=_models_install)
+    models.add_parser("list", help="the model catalog").set_defaults(handler=_models_list)
+
+    add_client_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Server settings, read from ``VIGIL_*`` environment variables (and an optional ``.env``).
+
+Built once in ``main()`` and passed down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore")
+
+    host: str = "[::]"
+    """Address the gRPC server binds to."""
+    port: int = 50051
+    """gRPC port."""
+    metrics_port: int = 9095
+    """Port of the Prometheus ``/metrics`` endpoint; 0 turns it off."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics endpoint binds to."""
+    data_dir: Path = Path("var")
+    """Where vigil keeps its state (models, database, blobs) unless told otherwise."""
+    models_dir: Path | None = None
+    """Installed model files; default ``<data_dir>/models``."""
+    model_mirror: str | None = None
+    """Mirror to install models from: a directory or a base URL. Default ``../shared/models``."""
+    backend: str = "onnxruntime"
+    """Inference backend: onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt or tensorrt."""
+    precision: Literal["fp32", "fp16"] = "fp32"
+    """Precision for backends that can choose (TensorRT)."""
+    engine_cache_dir: Path | None = None
+    """Where TensorRT engines are cached; default ``<data_dir>/engines``."""
+    intra_op_threads: int = Field(default_factory=_default_threads)
+    """Threads one ONNX Runtime call may use. Default: the number of cores."""
+    worker_threads: int = 4
+    """Threads for decoding, alignment and backend calls."""
+    detector_instances: int = 2
+    """YuNet calls that may run at once (its ONNX has a fixed batch of 1)."""
+    max_batch_size: int = 32
+    """Largest batch for the per-face models (embedding, liveness); 1 turns batching off."""
+    max_queue_delay_ms: float = 0.0
+    """How long a batch may wait to fill; 0 takes what is queued now (no added latency)."""
+    max_queue_size: int = 256
+    """Requests that may wait per model before new ones get RESOURCE_EXHAUSTED."""
+    max_image_bytes: int = 20 * 1024 * 1024
+    """Largest image accepted, in bytes."""
+    max_image_pixels: int = 50_000_000
+    """Largest image accepted, in pixels (checked on the header, before decoding)."""
+    max_image_side: int = 16_384
+    """Largest image side accepted, in pixels."""
+    max_message_bytes: int | None = None
+    """Largest gRPC message; default twice ``max_image_bytes`` plus 1 MiB (a two-image Verify)."""
+    detect_max_side: int = 640
+    """Images are scaled down to this longer side for detection (boxes are in full pixels)."""
+    min_face_px: float = 20.0
+    """Faces smaller than this (shorter box side, in pixels) are ignored."""
+    liveness_threshold: float = 0.5
+    """A face is live when its real probability is at least this."""
+    match_distance_threshold: float = 0.6
+    """Two faces match when their embedding distance is below this (dlib's own threshold)."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, how long in-flight calls may take to finish before they are cancelled."""
+    log_level: str = "INFO"
+    """Python logging level."""
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def resolved_engine_cache_dir(self) -> Path:
+        return self.engine_cache_dir or self.data_dir / "engines"
+
+    @property
+    def resolved_max_message_bytes(self) -> int:
+        return self.max_message_bytes or 2 * self.max_image_bytes + (1 << 20)
