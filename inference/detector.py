@@ -16,17 +16,19 @@ from inference.types import Face
 STRIDES = (8, 16, 32)
 
 
-def prepare(bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """Scale so the longer side is at most ``max_side``, pad to multiples of 32, make NCHW float32.
+def prepare(bgr: np.ndarray, max_side: int, min_side: int = 320) -> tuple[np.ndarray, float]:
+    """Scale the longer side into [min_side, max_side], pad to multiples of 32, make NCHW float32.
 
-    Returns the tensor and the factor that maps detector pixels back to image pixels.
+    Small images are scaled up: at ORL's 92×112, YuNet misses 3 of 400 faces; at 160 px and
+    more it finds them all. Returns the tensor and the factor from detector to image pixels.
     """
     height, width = bgr.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    if scale < 1.0:
-        resized = cv2.resize(
-            bgr, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
-        )
+    longer = max(height, width)
+    scale = max_side / longer if longer > max_side else max(1.0, min_side / longer)
+    if scale != 1.0:
+        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resized = cv2.resize(bgr, size, interpolation=interpolation)
     else:
         resized = bgr
     rh, rw = resized.shape[:2]
@@ -96,29 +98,50 @@ def rescale(face: Face, factor: float, width: int, height: int) -> Face:
 
 
 class YuNetDetector:
-    """Finds faces in a BGR image. ``detect`` is blocking; the engine runs it in an executor."""
+    """YuNet's pre- and post-processing around a loaded model.
+
+    The engine calls ``prepare`` and ``postprocess`` around its batcher; ``detect`` runs the whole
+    thing directly (blocking) for callers without one.
+    """
 
     def __init__(
         self,
         model: LoadedModel,
         max_side: int = 640,
+        min_side: int = 320,
         score_threshold: float = 0.8,
         nms_iou: float = 0.3,
         min_face_px: float = 0.0,
     ) -> None:
         self.model = model
         self.max_side = max_side
+        self.min_side = min_side
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
         self.min_face_px = min_face_px
 
-    def detect(self, bgr: np.ndarray) -> list[Face]:
-        """All faces in the image, in image pixels, largest first."""
-        tensor, factor = prepare(bgr, self.max_side)
-        outputs = self.model.infer({"input": tensor})
-        faces = decode(outputs, tensor.shape[2:], self.score_threshold, self.nms_iou)
-        height, width = bgr.shape[:2]
-        faces = [rescale(face, factor, width, height) for face in faces]
+    def prepare(self, bgr: np.ndarray) -> tuple[np.ndarray, float]:
+        return prepare(bgr, self.max_side, self.min_side)
+
+    def postprocess(
+        self,
+        outputs: dict[str, np.ndarray],
+        input_hw: tuple[int, int],
+        factor: float,
+        image_wh: tuple[int, int],
+    ) -> list[Face]:
+        """Faces in image pixels, largest first, without those under ``min_face_px``."""
+        faces = decode(outputs, input_hw, self.score_threshold, self.nms_iou)
+        faces = [rescale(face, factor, *image_wh) for face in faces]
         faces = [f for f in faces if min(f.box[2], f.box[3]) >= self.min_face_px]
         faces.sort(key=lambda f: f.area, reverse=True)
         return faces
+
+    def detect(self, bgr: np.ndarray) -> list[Face]:
+        """All faces in the image, in image pixels, largest first."""
+        tensor, factor = self.prepare(bgr)
+        outputs = self.model.infer({"input": tensor})
+        height, width = bgr.shape[:2]
+        return self.postprocess(
+            outputs, (tensor.shape[2], tensor.shape[3]), factor, (width, height)
+        )

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,8 +29,7 @@ from inference.catalog import (
     ModelSpec,
     verify_installed,
 )
-from inference.detector import YuNetDetector, prepare, rescale
-from inference.detector import decode as decode_detections
+from inference.detector import YuNetDetector
 from inference.errors import FaceNotFound, InvalidTemplate, MultipleFaces, Unavailable
 from inference.media import DecodedImage, ImageLimits, decode_image
 from inference.models import (
@@ -56,6 +55,8 @@ class EngineConfig:
     #: Threads for decoding, alignment and backend calls.
     worker_threads: int = 4
     detect_max_side: int = 640
+    #: Images smaller than this (longer side) are scaled up for detection.
+    detect_min_side: int = 320
     detect_score_threshold: float = 0.8
     #: Faces whose box is smaller than this on its shorter side are ignored.
     min_face_px: float = 20.0
@@ -110,6 +111,7 @@ class Engine:
         self.detector = YuNetDetector(
             self.models[YUNET.name],
             max_side=self.config.detect_max_side,
+            min_side=self.config.detect_min_side,
             score_threshold=self.config.detect_score_threshold,
             min_face_px=self.config.min_face_px,
         )
@@ -169,15 +171,13 @@ class Engine:
     ) -> list[Face]:
         self._require_started()
         started = time.perf_counter()
-        tensor, factor = await self._in_thread(prepare, image.bgr, self.config.detect_max_side)
+        detector = self.detector
+        assert detector is not None
+        tensor, factor = await self._in_thread(detector.prepare, image.bgr)
         row, queued = await self.batchers[YUNET.name].submit({"input": tensor[0]}, deadline)
         outputs = {name: value[None] for name, value in row.items()}
-        faces = decode_detections(
-            outputs, tensor.shape[2:], self.config.detect_score_threshold, 0.3
-        )
-        faces = [rescale(f, factor, image.width, image.height) for f in faces]
-        faces = [f for f in faces if min(f.box[2], f.box[3]) >= self.config.min_face_px]
-        faces.sort(key=lambda f: f.area, reverse=True)
+        input_hw = (tensor.shape[2], tensor.shape[3])
+        faces = detector.postprocess(outputs, input_hw, factor, (image.width, image.height))
         timings.detect_ms += (time.perf_counter() - started) * 1000
         timings.queue_ms += queued * 1000
         return faces

@@ -51,6 +51,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         ),
         worker_threads=settings.worker_threads,
         detect_max_side=settings.detect_max_side,
+        detect_min_side=settings.detect_min_side,
         min_face_px=settings.min_face_px,
         liveness_threshold=settings.liveness_threshold,
         match_distance_threshold=settings.match_distance_threshold,

@@ -1,0 +1,628 @@
+"""Native TensorRT backend (GPU): engines built from the ONNX files, cached on disk.
+
+``load`` turns a verified ONNX file into a TensorRT engine with the optimisation profiles of
+:mod:`inference.backends.trt_plan` (or reads it from ``options.cache_dir`` when a matching one
+was built before), then prepares ``streams`` execution slots. Each slot owns a deserialized copy
+of the engine, one execution context, one CUDA stream and pinned host + device buffers sized for
+the largest shape of every profile. ``infer`` borrows a slot from a thread-safe pool, pads the
+batch up to what the chosen profile runs, copies host → device, calls ``execute_async_v3``, copies
+device → host, synchronises the stream and slices the padding away.
+
+Why one engine copy per slot: TensorRT documents that execution contexts in concurrent use must
+each use a separate optimisation profile when shapes are dynamic. Deserializing the same plan once
+per slot (what ``trtexec --streams`` does) gives every context profiles of its own, whatever
+profile a batch needs, at the cost of one copy of the weights per slot (a few MiB for vigil's
+models). The plan is built once and cached; only deserialization is repeated.
+
+Precision: ``"fp32"`` builds the ONNX graph as is (TensorRT may use TF32 for fp32 layers, its
+default). ``"fp16"`` follows TensorRT 11, which removed ``BuilderFlag.FP16`` and the INT8
+calibrators: the ONNX graph is first converted to mixed precision with ONNX Runtime's
+``convert_float_to_float16(keep_io_types=True)`` (inputs and outputs stay float32), then built as
+a strongly typed network, where every tensor keeps the type the graph gives it. TensorRT 11 is
+always strongly typed; on TensorRT 10 the ``STRONGLY_TYPED`` creation flag is set for fp16. INT8
+(explicit Q/DQ nodes in the graph) is not offered.
+
+CUDA binding: cuda-python (``cuda.bindings.runtime``, or ``cuda.cudart`` from older releases),
+not pycuda. It is NVIDIA's maintained binding that TensorRT's own samples use, ships prebuilt
+wheels for CUDA 12 and 13 (pycuda compiles against a local CUDA toolkit at install time), and
+works on the CUDA runtime's primary context, the same one TensorRT uses, so there is no
+``pycuda.autoinit`` context to push and pop on every executor thread.
+
+Nothing here is imported at module import time: ``tensorrt``, the CUDA binding and ``onnx`` are
+imported inside :meth:`TensorRTBackend.load`, so this module imports on machines without a GPU and
+says what to install when they are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.backends import trt_plan as plan
+from inference.backends.base import BackendOptions
+from inference.catalog import ModelSpec
+from inference.errors import InvalidArgument, ModelError, Unavailable, VigilError
+
+__all__ = ["GPU_EXTRA_HINT", "CudaError", "TensorRTBackend", "TensorRTModel", "convert_to_fp16"]
+
+log = logging.getLogger(__name__)
+
+GPU_EXTRA_HINT = "install the gpu extra: pip install 'vigil[gpu]'"
+
+#: How long ``unload`` waits for running inferences before giving up on freeing buffers.
+_UNLOAD_WAIT_S = 60.0
+
+
+class CudaError(VigilError):
+    """A CUDA runtime call failed while serving a request."""
+
+    reason = "CUDA_ERROR"
+
+
+# --------------------------------------------------------------------------- lazy imports
+
+
+def _import_tensorrt() -> Any:
+    try:
+        return importlib.import_module("tensorrt")
+    except ImportError as exc:
+        raise ModelError(
+            f"the TensorRT backend needs the tensorrt package: {GPU_EXTRA_HINT}"
+        ) from exc
+    except OSError as exc:  # the bindings are there but libnvinfer / libcudart is not
+        raise ModelError(f"TensorRT cannot load its libraries ({exc}): {GPU_EXTRA_HINT}") from exc
+
+
+def _import_cudart() -> Any:
+    for module in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            continue
+    raise ModelError(f"the TensorRT backend needs cuda-python (cuda.bindings): {GPU_EXTRA_HINT}")
+
+
+def _trt_major(trt: Any) -> int:
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except ValueError:
+        return 0
+
+
+# --------------------------------------------------------------------------- CUDA runtime
+
+
+class _Cuda:
+    """The few CUDA runtime calls the backend makes, with errors turned into exceptions."""
+
+    def __init__(self, cudart: Any, device_id: int) -> None:
+        self._rt = cudart
+        self.device_id = device_id
+
+    def _check(self, result: Any, what: str) -> Any:
+        """cuda-python returns ``(err, value...)`` (or ``(err,)``); raise unless ``err`` is 0."""
+        if isinstance(result, tuple):
+            err, values = result[0], result[1:]
+        else:
+            err, values = result, ()
+        if int(err) != 0:
+            name = err
+            with contextlib.suppress(Exception):  # best effort: the code is in the message too
+                name = self._rt.cudaGetErrorString(err)[1].decode(errors="replace")
+            raise CudaError(f"{what} failed: {name} (CUDA error {int(err)})")
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else values
+
+    def device_count(self) -> int:
+        err, count = self._rt.cudaGetDeviceCount()
+        return int(count) if int(err) == 0 and count else 0
+
+    def set_device(self) -> None:
+        """Make the slot's GPU current on the calling thread (the CUDA device is per thread)."""
+        self._check(self._rt.cudaSetDevice(self.device_id), "cudaSetDevice")
+
+    def device_description(self) -> str:
+        """GPU name and compute capability, e.g. ``NVIDIA H100 80GB HBM3 sm_90``."""
+        props = self._check(self._rt.cudaGetDeviceProperties(self.device_id), "properties")
+        raw = props.name
+        name = raw.split(b"\0")[0].decode(errors="replace") if isinstance(raw, bytes) else raw
+        return f"{str(name).strip()} sm_{props.major}{props.minor}"
+
+    def stream_create(self) -> Any:
+        return self._check(
+            self._rt.cudaStreamCreateWithFlags(self._rt.cudaStreamNonBlocking), "stream create"
+        )
+
+    def stream_destroy(self, stream: Any) -> None:
+        self._check(self._rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
+
+    def synchronize(self, stream: Any) -> None:
+        self._check(self._rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+    def malloc(self, size: int) -> int:
+        return int(self._check(self._rt.cudaMalloc(size), f"cudaMalloc({size})"))
+
+    def free(self, pointer: int) -> None:
+        self._check(self._rt.cudaFree(pointer), "cudaFree")
+
+    def malloc_host(self, size: int) -> tuple[int, np.ndarray]:
+        """Page-locked host memory of ``size`` bytes and a flat uint8 numpy view of it."""
+        pointer = int(self._check(self._rt.cudaMallocHost(size), f"cudaMallocHost({size})"))
+        view = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(pointer))
+        return pointer, view
+
+    def free_host(self, pointer: int) -> None:
+        self._check(self._rt.cudaFreeHost(pointer), "cudaFreeHost")
+
+    def copy_h2d(self, device: int, host: int, size: int, stream: Any) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check(self._rt.cudaMemcpyAsync(device, host, size, kind, stream), "copy H2D")
+
+    def copy_d2h(self, host: int, device: int, size: int, stream: Any) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(self._rt.cudaMemcpyAsync(host, device, size, kind, stream), "copy D2H")
+
+
+def _stream_handle(stream: Any) -> int:
+    """The integer ``cudaStream_t`` value TensorRT's ``stream_handle`` arguments take."""
+    return int(stream)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def convert_to_fp16(onnx_bytes: bytes) -> bytes:
+    """``onnx_bytes`` converted to mixed precision (fp16 inside, float32 inputs and outputs).
+
+    Needs the ``onnx`` package (in the gpu extra) and ONNX Runtime's transformer tools.
+    """
+    try:
+        onnx = importlib.import_module("onnx")
+        float16 = importlib.import_module("onnxruntime.transformers.float16")
+    except ImportError as exc:
+        raise ModelError(
+            f"fp16 TensorRT engines need the onnx package to convert the model: {GPU_EXTRA_HINT}"
+        ) from exc
+    model = onnx.load_from_string(onnx_bytes)
+    converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    return bytes(converted.SerializeToString())
+
+
+def _network_flags(trt: Any, precision: str) -> int:
+    """Network creation flags: TensorRT 11 is always strongly typed (the flag is deprecated and
+    ignored there); on TensorRT 10 fp16 asks for a strongly typed network explicitly."""
+    if _trt_major(trt) >= 11 or precision != "fp16":
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _build_plan(
+    trt: Any,
+    logger: Any,
+    onnx_bytes: bytes,
+    onnx_path: Path | None,
+    profiles: tuple[plan.Profile, ...],
+    precision: str,
+    workspace_bytes: int,
+) -> bytes:
+    """Parse the ONNX graph and build a serialized engine with ``profiles``."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt, precision))
+    parser = trt.OnnxParser(network, logger)
+    parsed = parser.parse(onnx_bytes, str(onnx_path)) if onnx_path else parser.parse(onnx_bytes)
+    if not parsed:
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ModelError(f"TensorRT cannot parse the ONNX model: {errors or 'unknown error'}")
+    graph_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    wanted = set(profiles[0].names)
+    if graph_inputs != wanted:
+        raise ModelError(
+            f"the ONNX graph's inputs {sorted(graph_inputs)} are not the catalog's {sorted(wanted)}"
+        )
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    for profile in profiles:
+        trt_profile = builder.create_optimization_profile()
+        for name, shape_range in profile.inputs:
+            trt_profile.set_shape(name, shape_range.min, shape_range.opt, shape_range.max)
+        config.add_optimization_profile(trt_profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ModelError("TensorRT failed to build the engine (see the TensorRT log above)")
+    return bytes(serialized)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- the loaded model
+
+
+class TensorRTModel:
+    """A TensorRT engine ready to run; ``infer`` is blocking and thread-safe."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        trt: Any,
+        cuda: _Cuda,
+        runtime: Any,
+        serialized: bytes,
+        profiles: tuple[plan.Profile, ...],
+        streams: int,
+        acquire_timeout_s: float | None,
+    ) -> None:
+        self.spec = spec
+        self.profiles = profiles
+        self._trt = trt
+        self._cuda = cuda
+        self._runtime = runtime
+        self._acquire_timeout_s = acquire_timeout_s
+        self._unload_lock = threading.Lock()
+        self._unloaded = False
+        self._host_pointers: list[int] = []
+        self._device_pointers: list[int] = []
+        self._slots: list[plan.ExecutionSlot] = []
+        self.input_names: tuple[str, ...] = ()
+        self.output_names: tuple[str, ...] = ()
+        self.dtypes: dict[str, np.dtype[Any]] = {}
+        try:
+            self._create_slots(serialized, streams)
+        except BaseException:
+            self._free_all()
+            raise
+        self._pool: plan.SlotPool[plan.ExecutionSlot] = plan.SlotPool(self._slots)
+
+    # ---- set-up
+
+    def _deserialize(self, serialized: bytes) -> Any:
+        engine = self._runtime.deserialize_cuda_engine(serialized)
+        if engine is None:
+            raise ModelError(f"TensorRT cannot deserialize the engine of {self.spec.ref}")
+        if engine.num_optimization_profiles != len(self.profiles):
+            raise ModelError(
+                f"engine of {self.spec.ref} has {engine.num_optimization_profiles} profiles, "
+                f"expected {len(self.profiles)}"
+            )
+        return engine
+
+    def _describe_io(self, engine: Any) -> None:
+        trt = self._trt
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.input_names = tuple(
+            n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        )
+        self.output_names = tuple(n for n in names if n not in self.input_names)
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        expected = {t.name for t in self.spec.inputs}
+        if set(self.input_names) != expected:
+            raise ModelError(
+                f"engine inputs {sorted(self.input_names)} differ from the catalog's "
+                f"{sorted(expected)} for {self.spec.ref}"
+            )
+        missing = {t.name for t in self.spec.outputs} - set(self.output_names)
+        if missing:
+            raise ModelError(f"engine of {self.spec.ref} lacks outputs {sorted(missing)}")
+
+    def _set_profile(self, slot: plan.ExecutionSlot, index: int) -> None:
+        if slot.active_profile == index:
+            return
+        if not slot.context.set_optimization_profile_async(index, _stream_handle(slot.stream)):
+            raise CudaError(f"cannot select optimisation profile {index} of {self.spec.ref}")
+        slot.active_profile = index
+
+    def _capacities(self, slot: plan.ExecutionSlot) -> dict[str, int]:
+        """Bytes each tensor needs at most over all profiles.
+
+        Inputs: their largest profile shape. Outputs: what TensorRT infers for each profile's
+        largest input shapes (output sizes of vigil's CNNs grow with their inputs).
+        """
+        capacity: dict[str, int] = {}
+        for name, shape in plan.max_input_shapes(self.profiles).items():
+            capacity[name] = plan.nbytes(shape, self.dtypes[name])
+        for index, profile in enumerate(self.profiles):
+            self._set_profile(slot, index)
+            for name, shape_range in profile.inputs:
+                if not slot.context.set_input_shape(name, shape_range.max):
+                    raise ModelError(f"engine refuses shape {shape_range.max} for {name}")
+            for name in self.output_names:
+                shape = tuple(slot.context.get_tensor_shape(name))
+                size = plan.nbytes(shape, self.dtypes[name])
+                capacity[name] = max(capacity.get(name, 0), size)
+        self._cuda.synchronize(slot.stream)
+        return capacity
+
+    def _create_slots(self, serialized: bytes, streams: int) -> None:
+        capacity: dict[str, int] | None = None
+        for index in range(streams):
+            engine = self._deserialize(serialized)
+            slot = plan.ExecutionSlot(index=index, engine=engine)
+            self._slots.append(slot)
+            if index == 0:
+                self._describe_io(engine)
+            slot.context = engine.create_execution_context()
+            if slot.context is None:
+                raise ModelError(f"cannot create a TensorRT execution context for {self.spec.ref}")
+            slot.stream = self._cuda.stream_create()
+            if capacity is None:
+                capacity = self._capacities(slot)
+            for name, size in capacity.items():
+                pointer, view = self._cuda.malloc_host(size)
+                self._host_pointers.append(pointer)
+                slot.host[name] = view
+                slot.device[name] = self._cuda.malloc(size)
+                self._device_pointers.append(slot.device[name])
+                slot.capacity[name] = size
+
+    # ---- inference
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch: ``{input name: array}`` → ``{output name: float32 array}``."""
+        if self._unloaded:
+            raise Unavailable(f"{self.spec.ref} is unloaded")
+        if set(inputs) != set(self.input_names):
+            raise InvalidArgument(
+                f"{self.spec.ref} takes inputs {sorted(self.input_names)}, got {sorted(inputs)}"
+            )
+        arrays = {name: np.asarray(value) for name, value in inputs.items()}
+        shapes = {name: array.shape for name, array in arrays.items()}
+        batch = plan.batch_of(shapes)
+        if batch == 0:
+            return self._empty_outputs()
+        chunk = plan.max_servable_batch(self.profiles, shapes)
+        if chunk == 0:
+            plan.select_profile(self.profiles, shapes)  # raises with the allowed shapes
+        parts = [
+            self._run_chunk({name: a[part] for name, a in arrays.items()})
+            for part in plan.split_batch(batch, chunk)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
+
+    def _empty_outputs(self) -> dict[str, np.ndarray]:
+        shapes = {t.name: t.shape for t in self.spec.outputs}
+        return {
+            name: np.zeros((0, *(d or 0 for d in shapes.get(name, (None,))[1:])), dtype=np.float32)
+            for name in self.output_names
+        }
+
+    def _run_chunk(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shapes = {name: array.shape for name, array in inputs.items()}
+        batch = plan.batch_of(shapes)
+        index = plan.select_profile(self.profiles, shapes)
+        padded = plan.padded_batch(self.profiles[index], batch)
+        cuda = self._cuda
+        with self._pool.acquire(self._acquire_timeout_s) as slot:
+            cuda.set_device()
+            context = slot.context
+            self._set_profile(slot, index)
+            for name, array in inputs.items():
+                shape = (padded, *array.shape[1:])
+                size = plan.nbytes(shape, self.dtypes[name])
+                view = slot.host[name][:size].view(self.dtypes[name]).reshape(shape)
+                plan.fill_padded(view, array)
+                if not context.set_input_shape(name, shape):
+                    raise InvalidArgument(f"{self.spec.ref} refuses shape {shape} for {name}")
+                cuda.copy_h2d(slot.device[name], view.ctypes.data, size, slot.stream)
+            for name, pointer in slot.device.items():
+                context.set_tensor_address(name, pointer)
+            out_shapes: dict[str, tuple[int, ...]] = {}
+            for name in self.output_names:
+                shape = tuple(context.get_tensor_shape(name))
+                size = plan.nbytes(shape, self.dtypes[name])
+                if size > slot.capacity[name]:
+                    raise CudaError(f"output {name} needs {size} bytes, {slot.capacity[name]} held")
+                out_shapes[name] = shape
+            if not context.execute_async_v3(_stream_handle(slot.stream)):
+                raise CudaError(f"TensorRT execution of {self.spec.ref} failed")
+            for name, shape in out_shapes.items():
+                size = plan.nbytes(shape, self.dtypes[name])
+                host = slot.host[name]
+                cuda.copy_d2h(host.ctypes.data, slot.device[name], size, slot.stream)
+            cuda.synchronize(slot.stream)
+            outputs = {
+                name: slot.host[name][: plan.nbytes(shape, self.dtypes[name])]
+                .view(self.dtypes[name])
+                .reshape(shape)[:batch]
+                .astype(np.float32, copy=True)
+                for name, shape in out_shapes.items()
+            }
+        return outputs
+
+    # ---- teardown
+
+    def unload(self) -> None:
+        """Wait for running inferences, then free buffers, streams, contexts, engines."""
+        with self._unload_lock:
+            if self._unloaded:
+                return
+            self._unloaded = True
+            try:
+                self._pool.drain(_UNLOAD_WAIT_S)
+            except TimeoutError:
+                log.error(
+                    "%s: inferences still running after %.0f s; leaking its GPU buffers",
+                    self.spec.ref,
+                    _UNLOAD_WAIT_S,
+                )
+                return
+            self._free_all()
+
+    def _free_all(self) -> None:
+        """Free everything allocated so far; errors are logged, never raised."""
+        cuda = self._cuda
+        for slot in self._slots:
+            if slot.stream is not None:
+                try:
+                    cuda.synchronize(slot.stream)
+                    cuda.stream_destroy(slot.stream)
+                except VigilError as exc:
+                    log.warning("%s: freeing a stream: %s", self.spec.ref, exc)
+            slot.stream = None
+            slot.host.clear()
+            slot.device.clear()
+            slot.context = None
+            slot.engine = None
+        for pointer in self._host_pointers:
+            try:
+                cuda.free_host(pointer)
+            except VigilError as exc:
+                log.warning("%s: freeing pinned memory: %s", self.spec.ref, exc)
+        for pointer in self._device_pointers:
+            try:
+                cuda.free(pointer)
+            except VigilError as exc:
+                log.warning("%s: freeing device memory: %s", self.spec.ref, exc)
+        self._host_pointers.clear()
+        self._device_pointers.clear()
+        self._slots = []
+        self._runtime = None
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class TensorRTBackend:
+    """Native TensorRT on one NVIDIA GPU (``options.device_id``).
+
+    :param streams: execution slots per model (concurrent CUDA streams), default 2.
+    :param profile_mode: ``"ranges"`` (default) or ``"buckets"``, see :mod:`trt_plan`.
+    :param spatial: height/width range for inputs with dynamic spatial axes (YuNet).
+    :param workspace_bytes: TensorRT builder workspace pool limit.
+    :param acquire_timeout_s: how long ``infer`` waits for a free slot (``None``: forever).
+    """
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        streams: int = 2,
+        *,
+        profile_mode: plan.ProfileMode = "ranges",
+        spatial: plan.SpatialRange = plan.DEFAULT_SPATIAL,
+        workspace_bytes: int = 1 << 30,
+        acquire_timeout_s: float | None = 30.0,
+    ) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
+        self.streams = streams
+        self.profile_mode = profile_mode
+        self.spatial = spatial
+        self.workspace_bytes = workspace_bytes
+        self.acquire_timeout_s = acquire_timeout_s
+        self._logger: Any = None
+
+    def load(self, spec: ModelSpec, path: Path, options: BackendOptions) -> TensorRTModel:
+        """Build (or read from the cache) ``spec``'s engine and prepare its execution slots."""
+        if options.precision not in plan.PRECISIONS:
+            raise ModelError(
+                f"precision {options.precision!r} is not one of {', '.join(plan.PRECISIONS)}"
+            )
+        trt = _import_tensorrt()
+        cuda = _Cuda(_import_cudart(), options.device_id)
+        count = cuda.device_count()
+        if count == 0:
+            raise ModelError(
+                "the TensorRT backend needs an NVIDIA GPU and none is visible (driver missing or "
+                "no device); use the onnxruntime backend on CPU, or " + GPU_EXTRA_HINT
+            )
+        if not 0 <= options.device_id < count:
+            raise ModelError(f"GPU {options.device_id} does not exist ({count} visible)")
+        if self._logger is None:
+            self._logger = trt.Logger(trt.Logger.WARNING)
+        try:
+            cuda.set_device()
+            profiles = plan.plan_profiles(spec, mode=self.profile_mode, spatial=self.spatial)
+            key = plan.EngineCacheKey(
+                model_sha256=spec.sha256,
+                trt_version=str(trt.__version__),
+                gpu=cuda.device_description(),
+                profiles=profiles,
+                precision=options.precision,
+            )
+            runtime = trt.Runtime(self._logger)
+            serialized = self._engine_bytes(trt, runtime, spec, path, options, profiles, key)
+            return TensorRTModel(
+                spec,
+                trt=trt,
+                cuda=cuda,
+                runtime=runtime,
+                serialized=serialized,
+                profiles=profiles,
+                streams=self.streams,
+                acquire_timeout_s=self.acquire_timeout_s,
+            )
+        except ModelError:
+            raise
+        except Exception as exc:  # TensorRT and CUDA raise many kinds; report them as one
+            raise ModelError(f"cannot load {spec.ref} with TensorRT: {exc}") from exc
+
+    def _engine_bytes(
+        self,
+        trt: Any,
+        runtime: Any,
+        spec: ModelSpec,
+        path: Path,
+        options: BackendOptions,
+        profiles: tuple[plan.Profile, ...],
+        key: plan.EngineCacheKey,
+    ) -> bytes:
+        """The serialized engine from the cache when a valid one is there, else a fresh build."""
+        cached: Path | None = None
+        if options.cache_dir is not None:
+            cached = Path(options.cache_dir) / plan.engine_file_name(spec.name, key)
+            if cached.is_file():
+                data = cached.read_bytes()
+                if runtime.deserialize_cuda_engine(data) is not None:
+                    log.info("%s: TensorRT engine from cache %s", spec.ref, cached)
+                    return data
+                log.warning("%s: cached engine %s is unusable; rebuilding", spec.ref, cached)
+        else:
+            log.warning("%s: no engine cache_dir configured; building in memory", spec.ref)
+        log.info(
+            "%s: building a TensorRT %s engine (%d profiles); this takes a while",
+            spec.ref,
+            options.precision,
+            len(profiles),
+        )
+        onnx_bytes = path.read_bytes()
+        onnx_path: Path | None = path
+        if options.precision == "fp16":
+            onnx_bytes, onnx_path = convert_to_fp16(onnx_bytes), None
+        data = _build_plan(
+            trt,
+            self._logger,
+            onnx_bytes,
+            onnx_path,
+            profiles,
+            options.precision,
+            self.workspace_bytes,
+        )
+        if cached is not None:
+            _write_atomically(cached, data)
+            log.info("%s: TensorRT engine cached at %s", spec.ref, cached)
+        return data
