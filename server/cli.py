@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,6 +65,16 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """Run the benchmark harness in its own process (nothing in the product imports benchmarks)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").is_file():
+        print("vigil: the benchmark harness is in the source tree only", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "benchmarks.run", *args.bench_args]
+    return subprocess.call(command, cwd=root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil", description="Face liveness and matching over gRPC"
@@ -88,11 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     install.set_defaults(handler=_models_install)
     models.add_parser("list", help="the model catalog").set_defaults(handler=_models_list)
 
+    bench = sub.add_parser("bench", help="run the benchmark harness (arguments are passed on)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(handler=_bench)
+
     add_client_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the harness, flags included
+        return _bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.handler(args))
 

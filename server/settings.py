@@ -18,7 +18,9 @@ def _default_threads() -> int:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", env_file=".env", extra="ignore", use_attribute_docstrings=True
+    )
 
     host: str = "[::]"
     """Address the gRPC server binds to."""

@@ -1,0 +1,1044 @@
+"""Tests of the native TensorRT backend.
+
+Three layers:
+
+1. :mod:`inference.backends.trt_plan` on CPU: profiles, profile choice, padding, splitting,
+   cache keys, buffer sizes, the slot pool. Exact values, so they fail when the logic is wrong.
+2. :mod:`inference.backends.tensorrt` on CPU against a small fake of TensorRT and the CUDA runtime
+   (numpy "device" memory): load/build/cache, padding and chunking through ``infer``, thread
+   safety, unload, and the errors when tensorrt, cuda-python or a GPU is missing.
+3. The real thing on a GPU: build the dlib ResNet engine from the model mirror and compare with
+   ONNX Runtime on CPU. Skipped, with the reason, without tensorrt, cuda-python or a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+import types
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inference.backends import tensorrt as trt_backend
+from inference.backends import trt_plan as plan
+from inference.backends.base import BackendOptions
+from inference.catalog import DLIB_RESNET, MINIFASNET_V2, YUNET, ModelSpec, TensorSpec
+from inference.errors import InvalidArgument, ModelError, Unavailable
+
+
+def _model_dir() -> Path:
+    configured = os.environ.get("VIGIL_MODEL_MIRROR")
+    if configured and not configured.startswith(("http://", "https://", "file://")):
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "shared" / "models"
+
+
+MODEL_DIR = _model_dir()
+DLIB_PATH = MODEL_DIR / DLIB_RESNET.file
+
+
+# =========================================================================== trt_plan: shapes
+
+
+def test_shape_range_validates_and_accepts() -> None:
+    r = plan.ShapeRange((1, 3, 80, 80), (8, 3, 80, 80), (32, 3, 80, 80))
+    assert not r.static
+    assert r.accepts((1, 3, 80, 80)) and r.accepts((32, 3, 80, 80))
+    assert not r.accepts((33, 3, 80, 80))
+    assert not r.accepts((4, 3, 80, 81))
+    assert not r.accepts((4, 3, 80))
+    assert r.describe() == "1x3x80x80/8x3x80x80/32x3x80x80"
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        plan.ShapeRange((2, 3), (1, 3), (4, 3))
+    with pytest.raises(ValueError, match="rank"):
+        plan.ShapeRange((1, 3), (1, 3, 3), (1, 3))
+    with pytest.raises(ValueError):
+        plan.ShapeRange((0, 3), (1, 3), (1, 3))
+
+
+def test_shape_range_padding_only_on_the_batch_axis() -> None:
+    static = plan.ShapeRange((8, 3), (8, 3), (8, 3))
+    assert static.static
+    assert static.accepts_after_batch_padding((5, 3))
+    assert not static.accepts((5, 3))
+    assert not static.accepts_after_batch_padding((9, 3))
+    assert not static.accepts_after_batch_padding((5, 4))
+    assert not static.accepts_after_batch_padding((0, 3))
+
+
+def test_profile_requires_one_batch_range() -> None:
+    a = plan.ShapeRange((1, 2), (2, 2), (4, 2))
+    b = plan.ShapeRange((1, 5), (4, 5), (4, 5))
+    with pytest.raises(ValueError, match="batch range"):
+        plan.Profile((("a", a), ("b", b)))
+    with pytest.raises(ValueError):
+        plan.Profile(())
+    profile = plan.Profile((("a", a),))
+    assert profile.range("a") is a
+    with pytest.raises(KeyError):
+        profile.range("nope")
+    assert (profile.min_batch, profile.opt_batch, profile.max_batch) == (1, 2, 4)
+    assert profile.describe() == "a:1x2/2x2/4x2"
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "expected"),
+    [
+        (1, ((1, 1, 1),)),
+        (3, ((1, 3, 3),)),
+        (4, ((1, 4, 4),)),
+        (5, ((1, 1, 4), (5, 5, 5))),
+        (32, ((1, 1, 4), (5, 32, 32))),
+    ],
+)
+def test_batch_ranges(max_batch: int, expected: tuple[tuple[int, int, int], ...]) -> None:
+    assert plan.batch_ranges(max_batch) == expected
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "expected"),
+    [
+        (1, (1,)),
+        (2, (1, 2)),
+        (3, (1, 2, 3)),
+        (24, (1, 2, 4, 8, 16, 24)),
+        (32, (1, 2, 4, 8, 16, 32)),
+    ],
+)
+def test_batch_buckets(max_batch: int, expected: tuple[int, ...]) -> None:
+    assert plan.batch_buckets(max_batch) == expected
+
+
+def test_batch_helpers_refuse_zero() -> None:
+    with pytest.raises(ValueError):
+        plan.batch_ranges(0)
+    with pytest.raises(ValueError):
+        plan.batch_buckets(0)
+
+
+# =========================================================================== trt_plan: profiles
+
+
+def test_plan_profiles_dlib_ranges() -> None:
+    profiles = plan.plan_profiles(DLIB_RESNET)
+    assert [p.describe() for p in profiles] == [
+        "input:1x3x150x150/1x3x150x150/4x3x150x150",
+        "input:5x3x150x150/32x3x150x150/32x3x150x150",
+    ]
+
+
+def test_plan_profiles_buckets_are_static() -> None:
+    profiles = plan.plan_profiles(MINIFASNET_V2, mode="buckets")
+    assert [p.max_batch for p in profiles] == [1, 2, 4, 8, 16, 32]
+    assert all(p.range("input").static for p in profiles)
+    assert profiles[3].range("input").min == (8, 3, 80, 80)
+
+
+def test_plan_profiles_yunet_dynamic_spatial() -> None:
+    (profile,) = plan.plan_profiles(YUNET)
+    r = profile.range("input")
+    assert (r.min, r.opt, r.max) == ((1, 3, 32, 32), (1, 3, 640, 640), (1, 3, 1280, 1280))
+    # buckets mode does not apply to a fixed batch of 1
+    assert plan.plan_profiles(YUNET, mode="buckets") == (profile,)
+
+
+def test_plan_profiles_fixed_detection_size() -> None:
+    fixed = plan.SpatialRange((480, 640), (480, 640), (480, 640))
+    (profile,) = plan.plan_profiles(YUNET, spatial=fixed)
+    assert profile.range("input").static
+    assert profile.range("input").max == (1, 3, 480, 640)
+
+
+def test_plan_profiles_small_max_batch_and_errors() -> None:
+    small = replace(MINIFASNET_V2, max_batch_size=3)
+    assert [p.describe() for p in plan.plan_profiles(small)] == [
+        "input:1x3x80x80/3x3x80x80/3x3x80x80"
+    ]
+    weird = replace(DLIB_RESNET, inputs=(TensorSpec("input", (None, None, 150, 150)),))
+    with pytest.raises(ValueError, match="dynamic axis 1"):
+        plan.plan_profiles(weird)
+    with pytest.raises(ValueError, match="mode"):
+        plan.plan_profiles(DLIB_RESNET, mode="nope")  # type: ignore[arg-type]
+
+
+# =========================================================================== trt_plan: choice
+
+
+@pytest.mark.parametrize(("batch", "index"), [(1, 0), (3, 0), (4, 0), (5, 1), (17, 1), (32, 1)])
+def test_select_profile_ranges(batch: int, index: int) -> None:
+    profiles = plan.plan_profiles(DLIB_RESNET)
+    assert plan.select_profile(profiles, {"input": (batch, 3, 150, 150)}) == index
+    assert plan.padded_batch(profiles[index], batch) == batch  # ranges never pad
+
+
+@pytest.mark.parametrize(
+    ("batch", "bucket"), [(1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 32), (32, 32)]
+)
+def test_select_profile_buckets_pads_to_next_bucket(batch: int, bucket: int) -> None:
+    profiles = plan.plan_profiles(DLIB_RESNET, mode="buckets")
+    index = plan.select_profile(profiles, {"input": (batch, 3, 150, 150)})
+    assert profiles[index].max_batch == bucket
+    assert plan.padded_batch(profiles[index], batch) == bucket
+
+
+def test_select_profile_refuses_what_no_profile_takes() -> None:
+    profiles = plan.plan_profiles(DLIB_RESNET)
+    with pytest.raises(InvalidArgument, match="no TensorRT profile"):
+        plan.select_profile(profiles, {"input": (33, 3, 150, 150)})
+    with pytest.raises(InvalidArgument):
+        plan.select_profile(profiles, {"input": (2, 3, 160, 150)})
+    with pytest.raises(InvalidArgument):
+        plan.select_profile(profiles, {"other": (2, 3, 150, 150)})
+    yunet = plan.plan_profiles(YUNET)
+    assert plan.select_profile(yunet, {"input": (1, 3, 480, 640)}) == 0
+    with pytest.raises(InvalidArgument):
+        plan.select_profile(yunet, {"input": (1, 3, 1312, 640)})
+
+
+def test_select_profile_prefers_least_padding_then_closest_opt() -> None:
+    def profile(low: int, mid: int, high: int) -> plan.Profile:
+        return plan.Profile((("x", plan.ShapeRange((low, 2), (mid, 2), (high, 2))),))
+
+    wide, tight, static = profile(1, 16, 16), profile(1, 4, 8), profile(8, 8, 8)
+    # 6 fits all three: wide and tight without padding, tight's opt (4) is closer than 16
+    assert plan.select_profile([wide, tight, static], {"x": (6, 2)}) == 1
+    # 8: no padding anywhere; static's opt equals 8 exactly
+    assert plan.select_profile([wide, tight, static], {"x": (8, 2)}) == 2
+    # equal rank: the lower index wins
+    assert plan.select_profile([tight, tight], {"x": (3, 2)}) == 0
+    # only the static one: padding 3 -> 8
+    assert plan.select_profile([static], {"x": (3, 2)}) == 0
+
+
+def test_padded_batch_limits() -> None:
+    (profile,) = plan.plan_profiles(YUNET)
+    assert plan.padded_batch(profile, 1) == 1
+    with pytest.raises(ValueError):
+        plan.padded_batch(profile, 2)
+    with pytest.raises(ValueError):
+        plan.padded_batch(profile, 0)
+
+
+def test_max_servable_batch() -> None:
+    assert (
+        plan.max_servable_batch(plan.plan_profiles(DLIB_RESNET), {"input": (70, 3, 150, 150)}) == 32
+    )
+    assert plan.max_servable_batch(plan.plan_profiles(YUNET), {"input": (3, 3, 480, 640)}) == 1
+    assert plan.max_servable_batch(plan.plan_profiles(YUNET), {"input": (1, 3, 2000, 640)}) == 0
+    assert plan.max_servable_batch(plan.plan_profiles(DLIB_RESNET), {"input": (1, 3, 80, 80)}) == 0
+
+
+def test_batch_of() -> None:
+    assert plan.batch_of({"a": (3, 2), "b": (3, 5, 5)}) == 3
+    with pytest.raises(InvalidArgument, match="disagree"):
+        plan.batch_of({"a": (3, 2), "b": (4, 2)})
+    with pytest.raises(InvalidArgument):
+        plan.batch_of({"a": ()})
+
+
+def test_split_batch() -> None:
+    assert plan.split_batch(70, 32) == [slice(0, 32), slice(32, 64), slice(64, 70)]
+    assert plan.split_batch(32, 32) == [slice(0, 32)]
+    assert plan.split_batch(3, 1) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    assert plan.split_batch(0, 8) == []
+    with pytest.raises(ValueError):
+        plan.split_batch(5, 0)
+    with pytest.raises(ValueError):
+        plan.split_batch(-1, 4)
+
+
+# =========================================================================== trt_plan: padding
+
+
+def test_pad_batch_and_slice_back() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    padded = plan.pad_batch(x, 5)
+    assert padded.shape == (5, 4)
+    np.testing.assert_array_equal(padded[:3], x)
+    np.testing.assert_array_equal(padded[3:], 0)
+    assert plan.pad_batch(x, 3) is x
+    with pytest.raises(ValueError):
+        plan.pad_batch(x, 2)
+    sliced = plan.slice_outputs({"y": padded * 2, "z": padded[:, :1]}, 3)
+    np.testing.assert_array_equal(sliced["y"], x * 2)
+    assert sliced["z"].shape == (3, 1)
+    with pytest.raises(ValueError):
+        plan.slice_outputs({"y": x}, 4)
+
+
+def test_fill_padded_overwrites_stale_rows() -> None:
+    destination = np.full((4, 2), 7.0, dtype=np.float32)
+    plan.fill_padded(destination, np.array([[1, 2], [3, 4]], dtype=np.float64))
+    np.testing.assert_array_equal(destination, [[1, 2], [3, 4], [0, 0], [0, 0]])
+    with pytest.raises(ValueError):
+        plan.fill_padded(destination, np.zeros((5, 2)))
+    with pytest.raises(ValueError):
+        plan.fill_padded(destination, np.zeros((2, 3)))
+
+
+def test_padding_round_trip_equals_unpadded_run() -> None:
+    """What the backend does with a bucket profile gives the same rows as no padding at all."""
+    profiles = plan.plan_profiles(MINIFASNET_V2, mode="buckets")
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (5, 3, 80, 80)).astype(np.float32)
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        return batch.reshape(batch.shape[0], -1).mean(axis=1, keepdims=True)
+
+    index = plan.select_profile(profiles, {"input": x.shape})
+    padded = plan.pad_batch(x, plan.padded_batch(profiles[index], 5))
+    assert padded.shape[0] == 8
+    out = plan.slice_outputs({"logits": model(padded)}, 5)["logits"]
+    np.testing.assert_allclose(out, model(x), rtol=1e-6)
+
+
+# =========================================================================== trt_plan: sizes
+
+
+def test_nbytes() -> None:
+    assert plan.nbytes((32, 3, 150, 150), np.float32) == 32 * 3 * 150 * 150 * 4 == 8_640_000
+    assert plan.nbytes((2, 128), "float16") == 512
+    assert plan.nbytes((0, 128), np.float32) == 0
+    with pytest.raises(ValueError, match="dynamic"):
+        plan.nbytes((-1, 128), np.float32)
+
+
+def test_max_input_shapes_over_profiles() -> None:
+    assert plan.max_input_shapes(plan.plan_profiles(DLIB_RESNET, mode="buckets")) == {
+        "input": (32, 3, 150, 150)
+    }
+    assert plan.max_input_shapes(plan.plan_profiles(YUNET)) == {"input": (1, 3, 1280, 1280)}
+    mixed = [
+        plan.Profile((("x", plan.ShapeRange((1, 2, 9), (1, 2, 9), (4, 2, 9))),)),
+        plan.Profile((("x", plan.ShapeRange((1, 5, 3), (1, 5, 3), (2, 5, 3))),)),
+    ]
+    assert plan.max_input_shapes(mixed) == {"x": (4, 5, 9)}
+    with pytest.raises(ValueError):
+        plan.max_input_shapes([])
+
+
+# =========================================================================== trt_plan: cache key
+
+
+def _key(**changes: Any) -> plan.EngineCacheKey:
+    base = plan.EngineCacheKey(
+        model_sha256=DLIB_RESNET.sha256,
+        trt_version="11.4.0.106",
+        gpu="NVIDIA H100 80GB HBM3 sm_90",
+        profiles=plan.plan_profiles(DLIB_RESNET),
+        precision="fp16",
+    )
+    return replace(base, **changes)
+
+
+def test_cache_key_canonical_text() -> None:
+    assert json.loads(_key().canonical()) == {
+        "format": plan.CACHE_FORMAT,
+        "gpu": "NVIDIA H100 80GB HBM3 sm_90",
+        "model_sha256": DLIB_RESNET.sha256,
+        "precision": "fp16",
+        "profiles": [
+            "input:1x3x150x150/1x3x150x150/4x3x150x150",
+            "input:5x3x150x150/32x3x150x150/32x3x150x150",
+        ],
+        "trt_version": "11.4.0.106",
+    }
+    assert _key().digest() == _key().digest()
+    assert len(_key().digest()) == 24
+    assert _key(model_sha256=DLIB_RESNET.sha256.upper()).digest() == _key().digest()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_sha256": MINIFASNET_V2.sha256},
+        {"trt_version": "10.13.0.35"},
+        {"gpu": "NVIDIA L4 sm_89"},
+        {"precision": "fp32"},
+        {"profiles": plan.plan_profiles(DLIB_RESNET, mode="buckets")},
+        {"cache_format": plan.CACHE_FORMAT + 1},
+    ],
+)
+def test_cache_key_changes_with_every_field(change: dict[str, Any]) -> None:
+    assert _key(**change).digest() != _key().digest()
+
+
+def test_engine_file_name() -> None:
+    key = _key()
+    assert plan.engine_file_name("dlib-resnet", key) == f"dlib-resnet.fp16.{key.digest()}.engine"
+    name = plan.engine_file_name("../we ird/name", key)
+    assert "/" not in name and " " not in name and not name.startswith(".")
+    assert name.endswith(f".fp16.{key.digest()}.engine")
+
+
+# =========================================================================== trt_plan: pool
+
+
+def test_slot_pool_bounds_concurrency() -> None:
+    pool = plan.SlotPool([plan.ExecutionSlot(0), plan.ExecutionSlot(1)])
+    assert pool.size == 2 and pool.available == 2
+    lock = threading.Lock()
+    active = 0
+    peak = 0
+    used: set[int] = set()
+
+    def work() -> None:
+        nonlocal active, peak
+        with pool.acquire(timeout=10) as slot:
+            with lock:
+                active += 1
+                peak = max(peak, active)
+                used.add(slot.index)
+            time.sleep(0.02)
+            with lock:
+                active -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak == 2
+    assert used == {0, 1}
+    assert pool.available == 2
+
+
+def test_slot_pool_timeout_and_drain() -> None:
+    pool = plan.SlotPool([plan.ExecutionSlot(0)])
+    with pool.acquire() as slot:
+        assert slot.index == 0 and pool.available == 0
+        with pytest.raises(TimeoutError), pool.acquire(timeout=0.01):
+            pass
+    released = threading.Event()
+
+    def hold() -> None:
+        with pool.acquire():
+            released.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while pool.available:
+        time.sleep(0.001)
+    with pytest.raises(TimeoutError):
+        pool.drain(timeout=0.01)
+    assert pool.closed
+    released.set()
+    assert [s.index for s in pool.drain(timeout=5)] == [0]
+    holder.join()
+    with pytest.raises(Unavailable), pool.acquire():
+        pass
+    with pytest.raises(ValueError):
+        plan.SlotPool([])
+
+
+# =========================================================================== fakes: TRT + CUDA
+
+
+class _FakeCudart(types.ModuleType):
+    """Enough of ``cuda.bindings.runtime`` for the backend, with "device" memory in numpy."""
+
+    cudaStreamNonBlocking = 1
+
+    class cudaMemcpyKind:
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self, devices: int = 1) -> None:
+        super().__init__("cuda.bindings.runtime")
+        self.devices = devices
+        self.blocks: dict[int, np.ndarray] = {}
+        self.freed: list[int] = []
+        self.streams: set[int] = set()
+        self._next_stream = 100
+
+    def _alloc(self, size: int) -> tuple[int, int]:
+        block = np.zeros(size, dtype=np.uint8)
+        pointer = block.ctypes.data
+        self.blocks[pointer] = block
+        return 0, pointer
+
+    def _free(self, pointer: int) -> tuple[int]:
+        self.blocks.pop(pointer)
+        self.freed.append(pointer)
+        return (0,)
+
+    def cudaGetDeviceCount(self) -> tuple[int, int | None]:
+        return (0, self.devices) if self.devices else (35, None)
+
+    def cudaSetDevice(self, device: int) -> tuple[int]:
+        return (0,) if device < self.devices else (101,)
+
+    def cudaGetDeviceProperties(self, device: int) -> tuple[int, Any]:
+        return 0, types.SimpleNamespace(name=b"Fake GPU\0\0", major=9, minor=0)
+
+    def cudaGetErrorString(self, err: int) -> tuple[int, bytes]:
+        return 0, b"fake error"
+
+    def cudaStreamCreateWithFlags(self, flags: int) -> tuple[int, int]:
+        self._next_stream += 1
+        self.streams.add(self._next_stream)
+        return 0, self._next_stream
+
+    def cudaStreamDestroy(self, stream: int) -> tuple[int]:
+        self.streams.remove(stream)
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple[int]:
+        return (0,)
+
+    def cudaMalloc(self, size: int) -> tuple[int, int]:
+        return self._alloc(size)
+
+    cudaMallocHost = cudaMalloc
+
+    def cudaFree(self, pointer: int) -> tuple[int]:
+        return self._free(pointer)
+
+    cudaFreeHost = cudaFree
+
+    def cudaMemcpyAsync(self, dst: int, src: int, size: int, kind: int, stream: int) -> tuple[int]:
+        assert stream in self.streams
+        ctypes.memmove(dst, src, size)
+        return (0,)
+
+
+def _fake_model(x: np.ndarray) -> dict[str, np.ndarray]:
+    """The fake engine's graph: per row, the sum and the max of the input."""
+    flat = x.reshape(x.shape[0], -1).astype(np.float64)
+    return {"score": np.stack([flat.sum(axis=1), flat.max(axis=1)], axis=1).astype(np.float32)}
+
+
+def _fake_detector(x: np.ndarray) -> dict[str, np.ndarray]:
+    """A YuNet-like graph: batch 1, dynamic H/W, output rows = H*W/4."""
+    pooled = x[:, 0].reshape(x.shape[0], x.shape[2] // 2, 2, x.shape[3] // 2, 2).mean(axis=(2, 4))
+    return {"cls": pooled.reshape(x.shape[0], -1, 1).astype(np.float32)}
+
+
+FAKE_SPEC = ModelSpec(
+    name="fake-embed",
+    version="1",
+    file="fake.onnx",
+    sha256="ab" * 32,
+    task="test",
+    licence="none",
+    provenance="test",
+    inputs=(TensorSpec("input", (None, 3, 4, 4)),),
+    outputs=(TensorSpec("score", (None, 2)),),
+    preprocessing="none",
+    max_batch_size=8,
+)
+
+FAKE_DETECTOR = replace(
+    FAKE_SPEC,
+    name="fake-detect",
+    inputs=(TensorSpec("input", (1, 1, None, None)),),
+    outputs=(TensorSpec("cls", (1, None, 1)),),
+    max_batch_size=1,
+)
+
+
+class _FakeTrt(types.ModuleType):
+    """Enough of the ``tensorrt`` module: builder, parser, runtime, engine, context."""
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None:
+            self.severity = severity
+
+    class TensorIOMode:
+        INPUT = "input"
+        OUTPUT = "output"
+
+    class MemoryPoolType:
+        WORKSPACE = "workspace"
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 5
+
+    def __init__(self, spec: ModelSpec, graph: Any, version: str = "11.4.0.106") -> None:
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.spec = spec
+        self.graph = graph
+        self.builds: list[dict[str, Any]] = []
+        self.deserialized = 0
+        fake = self
+
+        class Builder:
+            def __init__(self, logger: Any) -> None:
+                pass
+
+            def create_network(self, flags: int) -> Any:
+                names = [t.name for t in fake.spec.inputs]
+                return types.SimpleNamespace(
+                    flags=flags,
+                    num_inputs=len(names),
+                    get_input=lambda i: types.SimpleNamespace(name=names[i]),
+                )
+
+            def create_builder_config(self) -> Any:
+                config = types.SimpleNamespace(profiles=[], pool={})
+                config.set_memory_pool_limit = config.pool.__setitem__
+                config.add_optimization_profile = config.profiles.append
+                return config
+
+            def create_optimization_profile(self) -> Any:
+                profile = types.SimpleNamespace(shapes={})
+                profile.set_shape = lambda name, lo, mid, hi: profile.shapes.__setitem__(
+                    name, (tuple(lo), tuple(mid), tuple(hi))
+                )
+                return profile
+
+            def build_serialized_network(self, network: Any, config: Any) -> bytes:
+                fake.builds.append({"flags": network.flags, "profiles": config.profiles})
+                return json.dumps([p.shapes for p in config.profiles]).encode()
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network: Any, logger: Any) -> None:
+                pass
+
+            def parse(self, data: bytes, path: str | None = None) -> bool:
+                return data.startswith(b"onnx")
+
+        class Runtime:
+            def __init__(self, logger: Any) -> None:
+                pass
+
+            def deserialize_cuda_engine(self, data: bytes) -> Any:
+                try:
+                    profiles = json.loads(data)
+                except ValueError:
+                    return None
+                fake.deserialized += 1
+                return _FakeEngine(fake, profiles)
+
+        self.Builder = Builder
+        self.OnnxParser = OnnxParser
+        self.Runtime = Runtime
+
+    @staticmethod
+    def nptype(dtype: Any) -> Any:
+        return dtype
+
+
+class _FakeEngine:
+    def __init__(self, trt: _FakeTrt, profiles: list[dict[str, Any]]) -> None:
+        self.trt = trt
+        self.profiles = profiles
+        self.inputs = [t.name for t in trt.spec.inputs]
+        self.outputs = [t.name for t in trt.spec.outputs]
+        self.num_io_tensors = len(self.inputs) + len(self.outputs)
+        self.num_optimization_profiles = len(profiles)
+
+    def get_tensor_name(self, i: int) -> str:
+        return (self.inputs + self.outputs)[i]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "input" if name in self.inputs else "output"
+
+    def get_tensor_dtype(self, name: str) -> Any:
+        return np.float32
+
+    def create_execution_context(self) -> _FakeContext:
+        return _FakeContext(self)
+
+
+class _FakeContext:
+    def __init__(self, engine: _FakeEngine) -> None:
+        self.engine = engine
+        self.profile = 0
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.runs: list[tuple[int, tuple[int, ...]]] = []
+        self.busy = threading.Lock()
+
+    def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+        assert isinstance(stream, int)
+        self.profile = index
+        self.shapes = {}
+        return 0 <= index < len(self.engine.profiles)
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        lo, _, hi = self.engine.profiles[self.profile][name]
+        shape = tuple(shape)
+        if not all(a <= d <= b for a, d, b in zip(lo, shape, hi, strict=True)):
+            return False
+        self.shapes[name] = shape
+        return True
+
+    def _outputs_for(self) -> dict[str, np.ndarray]:
+        x = np.zeros(self.shapes["input"], dtype=np.float32)
+        return self.engine.trt.graph(x)
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name in self.shapes:
+            return self.shapes[name]
+        return self._outputs_for()[name].shape
+
+    def set_tensor_address(self, name: str, pointer: int) -> bool:
+        self.addresses[name] = pointer
+        return True
+
+    def execute_async_v3(self, stream: int) -> bool:
+        assert self.busy.acquire(blocking=False), "a context ran on two threads at once"
+        try:
+            shape = self.shapes["input"]
+            size = int(np.prod(shape)) * 4
+            raw = (ctypes.c_uint8 * size).from_address(self.addresses["input"])
+            x = np.frombuffer(memoryview(raw), dtype=np.float32).reshape(shape)
+            for name, value in self.engine.trt.graph(x.copy()).items():
+                data = np.ascontiguousarray(value, dtype=np.float32)
+                ctypes.memmove(self.addresses[name], data.ctypes.data, data.nbytes)
+            self.runs.append((self.profile, shape))
+            time.sleep(0.001)
+        finally:
+            self.busy.release()
+        return True
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Install fake ``tensorrt`` and ``cuda.bindings.runtime`` modules; returns a factory."""
+
+    def install(
+        spec: ModelSpec, graph: Any, *, devices: int = 1, version: str = "11.4.0.106"
+    ) -> Any:
+        fake_trt = _FakeTrt(spec, graph, version)
+        cudart = _FakeCudart(devices)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+        monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+        return fake_trt, cudart
+
+    return install
+
+
+def _onnx_file(tmp_path: Path) -> Path:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"onnx fake graph")
+    return path
+
+
+# =========================================================================== backend on fakes
+
+
+def test_backend_constructor() -> None:
+    backend = trt_backend.TensorRTBackend()
+    assert backend.name == "tensorrt"
+    assert backend.streams == 2
+    with pytest.raises(ValueError):
+        trt_backend.TensorRTBackend(streams=0)
+
+
+def test_load_without_tensorrt_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(ModelError, match=r"pip install 'vigil\[gpu\]'"):
+        trt_backend.TensorRTBackend().load(FAKE_SPEC, _onnx_file(tmp_path), BackendOptions())
+
+
+def test_load_without_cuda_python(
+    fake_gpu: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake_gpu(FAKE_SPEC, _fake_model)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+    monkeypatch.setitem(sys.modules, "cuda.cudart", None)
+    with pytest.raises(ModelError, match="cuda-python"):
+        trt_backend.TensorRTBackend().load(FAKE_SPEC, _onnx_file(tmp_path), BackendOptions())
+
+
+def test_load_without_gpu(fake_gpu: Any, tmp_path: Path) -> None:
+    fake_gpu(FAKE_SPEC, _fake_model, devices=0)
+    with pytest.raises(ModelError, match="needs an NVIDIA GPU"):
+        trt_backend.TensorRTBackend().load(FAKE_SPEC, _onnx_file(tmp_path), BackendOptions())
+    fake_gpu(FAKE_SPEC, _fake_model, devices=1)
+    with pytest.raises(ModelError, match="GPU 3 does not exist"):
+        trt_backend.TensorRTBackend().load(
+            FAKE_SPEC, _onnx_file(tmp_path), BackendOptions(device_id=3)
+        )
+
+
+def test_load_refuses_unknown_precision(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="int8"):
+        trt_backend.TensorRTBackend().load(
+            FAKE_SPEC, _onnx_file(tmp_path), BackendOptions(precision="int8")
+        )
+
+
+def test_parse_failure_is_a_model_error(fake_gpu: Any, tmp_path: Path) -> None:
+    fake_gpu(FAKE_SPEC, _fake_model)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="cannot parse"):
+        trt_backend.TensorRTBackend().load(FAKE_SPEC, bad, BackendOptions())
+
+
+def test_network_flags() -> None:
+    flag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    trt11 = types.SimpleNamespace(__version__="11.4.0.106", NetworkDefinitionCreationFlag=flag)
+    trt10 = types.SimpleNamespace(__version__="10.13.0.35", NetworkDefinitionCreationFlag=flag)
+    assert trt_backend._network_flags(trt11, "fp16") == 0  # always strongly typed in 11
+    assert trt_backend._network_flags(trt11, "fp32") == 0
+    assert trt_backend._network_flags(trt10, "fp16") == 1 << 5
+    assert trt_backend._network_flags(trt10, "fp32") == 0
+
+
+def test_build_cache_and_infer_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
+    fake_trt, cudart = fake_gpu(FAKE_SPEC, _fake_model)
+    cache = tmp_path / "engines"
+    options = BackendOptions(cache_dir=cache)
+    backend = trt_backend.TensorRTBackend(streams=2)
+    model = backend.load(FAKE_SPEC, _onnx_file(tmp_path), options)
+    try:
+        assert model.spec is FAKE_SPEC
+        assert len(fake_trt.builds) == 1
+        built = fake_trt.builds[0]
+        assert built["flags"] == 0
+        assert [p.shapes["input"] for p in built["profiles"]] == [
+            ((1, 3, 4, 4), (1, 3, 4, 4), (4, 3, 4, 4)),
+            ((5, 3, 4, 4), (8, 3, 4, 4), (8, 3, 4, 4)),
+        ]
+        key = plan.EngineCacheKey(
+            model_sha256=FAKE_SPEC.sha256,
+            trt_version="11.4.0.106",
+            gpu="Fake GPU sm_90",
+            profiles=plan.plan_profiles(FAKE_SPEC),
+            precision="fp32",
+        )
+        assert [p.name for p in cache.iterdir()] == [plan.engine_file_name("fake-embed", key)]
+        rng = np.random.default_rng(0)
+        for batch in (1, 3, 4, 5, 8, 19):
+            x = rng.normal(size=(batch, 3, 4, 4)).astype(np.float32)
+            out = model.infer({"input": x})
+            assert set(out) == {"score"}
+            assert out["score"].dtype == np.float32 and out["score"].shape == (batch, 2)
+            np.testing.assert_allclose(out["score"], _fake_model(x)["score"], rtol=1e-5)
+        runs = [run for slot in model._slots for run in slot.context.runs]
+        # 19 = 8 + 8 + 3: two runs on the throughput profile, one on the latency profile
+        assert (1, (8, 3, 4, 4)) in runs and (0, (3, 3, 4, 4)) in runs
+        assert all(shape[0] <= 8 for _, shape in runs)
+        empty = model.infer({"input": np.zeros((0, 3, 4, 4), np.float32)})
+        assert empty["score"].shape == (0, 2)
+        with pytest.raises(InvalidArgument):
+            model.infer({"wrong": np.zeros((1, 3, 4, 4), np.float32)})
+        with pytest.raises(InvalidArgument):
+            model.infer({"input": np.zeros((1, 3, 5, 4), np.float32)})
+    finally:
+        model.unload()
+    model.unload()  # idempotent
+    assert not cudart.blocks and not cudart.streams
+    with pytest.raises(Unavailable):
+        model.infer({"input": np.zeros((1, 3, 4, 4), np.float32)})
+
+    # a second load finds the engine in the cache and builds nothing
+    again = backend.load(FAKE_SPEC, _onnx_file(tmp_path), options)
+    again.unload()
+    assert len(fake_trt.builds) == 1
+    # a corrupt cache file is rebuilt and replaced
+    (engine_file,) = cache.iterdir()
+    engine_file.write_bytes(b"not an engine")
+    backend.load(FAKE_SPEC, _onnx_file(tmp_path), options).unload()
+    assert len(fake_trt.builds) == 2
+    json.loads(engine_file.read_bytes())
+    assert [p.name for p in cache.iterdir()] == [engine_file.name]  # no temp files left
+
+
+def test_buckets_pad_and_slice_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
+    fake_gpu(FAKE_SPEC, _fake_model)
+    model = trt_backend.TensorRTBackend(streams=1, profile_mode="buckets").load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions()
+    )
+    try:
+        x = np.arange(3 * 48, dtype=np.float32).reshape(3, 3, 4, 4)
+        out = model.infer({"input": x})["score"]
+        np.testing.assert_allclose(out, _fake_model(x)["score"])
+        (slot,) = model._slots
+        assert slot.context.runs[-1][1] == (4, 3, 4, 4)  # padded to the bucket of 4
+        # stale rows from a bigger earlier batch must not leak into a padded run
+        model.infer({"input": np.full((8, 3, 4, 4), 100, np.float32)})
+        small = model.infer({"input": x[:1]})["score"]
+        np.testing.assert_allclose(small, _fake_model(x[:1])["score"])
+    finally:
+        model.unload()
+
+
+def test_dynamic_spatial_outputs_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
+    fake_gpu(FAKE_DETECTOR, _fake_detector)
+    spatial = plan.SpatialRange((2, 2), (8, 8), (16, 16))
+    model = trt_backend.TensorRTBackend(spatial=spatial).load(
+        FAKE_DETECTOR, _onnx_file(tmp_path), BackendOptions()
+    )
+    try:
+        assert model._slots[0].capacity["cls"] == 8 * 8 * 4  # (16/2)*(16/2) rows at max
+        rng = np.random.default_rng(2)
+        for h, w in ((16, 16), (4, 8), (2, 2)):
+            x = rng.normal(size=(1, 1, h, w)).astype(np.float32)
+            out = model.infer({"input": x})["cls"]
+            assert out.shape == (1, h * w // 4, 1)
+            np.testing.assert_allclose(out, _fake_detector(x)["cls"], rtol=1e-5)
+        two = rng.normal(size=(2, 1, 4, 4)).astype(np.float32)
+        out = model.infer({"input": two})["cls"]  # batch 2 on a batch-1 model: two runs
+        np.testing.assert_allclose(out, _fake_detector(two)["cls"], rtol=1e-5)
+        with pytest.raises(InvalidArgument, match="no TensorRT profile"):
+            model.infer({"input": np.zeros((1, 1, 32, 32), np.float32)})
+    finally:
+        model.unload()
+
+
+def test_infer_is_thread_safe_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
+    fake_gpu(FAKE_SPEC, _fake_model)
+    model = trt_backend.TensorRTBackend(streams=2).load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions()
+    )
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(20):
+                x = rng.normal(size=(int(rng.integers(1, 9)), 3, 4, 4)).astype(np.float32)
+                out = model.infer({"input": x})["score"]
+                np.testing.assert_allclose(out, _fake_model(x)["score"], rtol=1e-5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    model.unload()
+    assert not errors, errors[0]
+    assert all(slot.context is None for slot in model._slots) or not model._slots
+
+
+def test_write_atomically(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "x.engine"
+    trt_backend._write_atomically(target, b"one")
+    trt_backend._write_atomically(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in target.parent.iterdir()] == ["x.engine"]
+
+
+@pytest.mark.skipif(not DLIB_PATH.is_file(), reason=f"model mirror not found at {MODEL_DIR}")
+def test_fp16_conversion_keeps_float32_io_and_accuracy() -> None:
+    onnx = pytest.importorskip("onnx", reason="onnx (in the gpu extra) is not installed")
+    ort = pytest.importorskip("onnxruntime")
+    converted = trt_backend.convert_to_fp16(DLIB_PATH.read_bytes())
+    model = onnx.load_from_string(converted)
+    float32 = onnx.TensorProto.FLOAT
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [float32]
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [float32]
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    x = np.random.default_rng(3).uniform(0, 255, (2, 3, 150, 150)).astype(np.float32)
+    half = ort.InferenceSession(converted, providers=["CPUExecutionProvider"])
+    full = ort.InferenceSession(str(DLIB_PATH), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(
+        half.run(None, {"input": x})[0], full.run(None, {"input": x})[0], atol=5e-3
+    )
+
+
+# =========================================================================== the real GPU
+
+
+def _gpu_skip_reason() -> str | None:
+    try:
+        importlib.import_module("tensorrt")
+    except (ImportError, OSError) as exc:
+        return f"tensorrt is not installed or cannot load ({exc})"
+    try:
+        runtime = importlib.import_module("cuda.bindings.runtime")
+    except ImportError:
+        try:
+            runtime = importlib.import_module("cuda.cudart")
+        except ImportError:
+            return "cuda-python is not installed"
+    err, count = runtime.cudaGetDeviceCount()
+    if int(err) != 0 or not count:
+        return "no CUDA GPU is visible"
+    if not DLIB_PATH.is_file():
+        return f"model mirror not found at {MODEL_DIR}"
+    return None
+
+
+_GPU_REASON = _gpu_skip_reason()
+needs_gpu = pytest.mark.skipif(_GPU_REASON is not None, reason=_GPU_REASON or "")
+
+
+def _reference_embeddings(x: np.ndarray) -> np.ndarray:
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(DLIB_PATH), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"input": x})[0])
+
+
+@needs_gpu
+@pytest.mark.parametrize(("precision", "max_distance"), [("fp32", 0.01), ("fp16", 0.05)])
+def test_dlib_resnet_on_gpu_matches_onnxruntime(
+    tmp_path: Path, precision: str, max_distance: float
+) -> None:
+    if precision == "fp16":
+        pytest.importorskip("onnx", reason="fp16 needs the onnx package")
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 255, (37, 3, 150, 150)).astype(np.float32)  # 37 = 32 + 5: two chunks
+    reference = _reference_embeddings(x)
+    options = BackendOptions(cache_dir=tmp_path, precision=precision)
+    backend = trt_backend.TensorRTBackend(streams=2)
+    model = backend.load(DLIB_RESNET, DLIB_PATH, options)
+    try:
+        for batch in (1, 3, 37):
+            out = model.infer({"input": x[:batch]})["embedding"]
+            assert out.shape == (batch, 128) and out.dtype == np.float32
+            distances = np.linalg.norm(out - reference[:batch], axis=1)
+            assert distances.max() < max_distance, distances.max()
+    finally:
+        model.unload()
+    model.unload()
+    (engine_file,) = tmp_path.glob("*.engine")
+    mtime = engine_file.stat().st_mtime_ns
+    cached = backend.load(DLIB_RESNET, DLIB_PATH, options)  # from the cache this time
+    try:
+        assert engine_file.stat().st_mtime_ns == mtime
+        out = cached.infer({"input": x[:2]})["embedding"]
+        assert np.linalg.norm(out - reference[:2], axis=1).max() < max_distance
+    finally:
+        cached.unload()
+
+
+@needs_gpu
+def test_dlib_resnet_on_gpu_concurrent_threads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 255, (8, 3, 150, 150)).astype(np.float32)
+    reference = _reference_embeddings(x)
+    model = trt_backend.TensorRTBackend(streams=2).load(
+        DLIB_RESNET, DLIB_PATH, BackendOptions(cache_dir=tmp_path)
+    )
+    errors: list[BaseException] = []
+
+    def worker(start: int) -> None:
+        try:
+            for i in range(10):
+                lo = (start + i) % 8
+                out = model.infer({"input": x[lo : lo + 1]})["embedding"]
+                assert np.linalg.norm(out[0] - reference[lo]) < 0.01
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    model.unload()
+    assert not errors, errors[0]
