@@ -32,6 +32,7 @@ def engine_config(settings: Settings) -> EngineConfig:
             max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
+            instances=settings.model_instances,
         )
         for spec in DEFAULT_MODELS
         if not spec.fixed_batch
@@ -43,6 +44,7 @@ def engine_config(settings: Settings) -> EngineConfig:
             intra_op_threads=settings.intra_op_threads,
             cache_dir=settings.resolved_engine_cache_dir,
             precision=settings.precision,
+            streams=max(settings.model_instances, settings.detector_instances),
         ),
         image_limits=ImageLimits(
             max_bytes=settings.max_image_bytes,

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     """Threads for decoding, alignment and backend calls."""
     detector_instances: int = 2
     """YuNet calls that may run at once (its ONNX has a fixed batch of 1)."""
+    model_instances: int = 1
+    """Batches of each per-face model that may run at once (GPU streams; 1 suits a CPU)."""
     max_batch_size: int = 32
     """Largest batch for the per-face models (embedding, liveness); 1 turns batching off."""
     max_queue_delay_ms: float = 0.0

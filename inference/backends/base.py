@@ -28,6 +28,9 @@ class BackendOptions:
     precision: str = "fp32"
     #: GPU ordinal for GPU backends.
     device_id: int = 0
+    #: Batches of one model that may run at once (TensorRT: one execution context and CUDA
+    #: stream each). 0 leaves it to the backend.
+    streams: int = 0
 
 
 class LoadedModel(Protocol):

@@ -573,7 +573,7 @@ class TensorRTBackend:
                 runtime=runtime,
                 serialized=serialized,
                 profiles=profiles,
-                streams=self.streams,
+                streams=max(self.streams, options.streams),
                 acquire_timeout_s=self.acquire_timeout_s,
             )
         except ModelError:
