@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+_DETAILS_KEY = "grpc-status-details-bin"
+
 
 class VigilRpcError(Exception):
     """A call to vigil failed. ``code`` is the gRPC status name (e.g. ``INVALID_ARGUMENT``)."""
@@ -22,19 +24,23 @@ class VigilRpcError(Exception):
 
 
 def _reason(error: grpc.RpcError) -> str | None:
-    """The google.rpc.ErrorInfo reason from the status details, if the server sent one."""
+    """The google.rpc.ErrorInfo reason from the status details, if the server sent one.
+
+    Read from the trailing metadata directly, which both the blocking client's errors and
+    ``grpc.aio.AioRpcError`` (not a ``grpc.Call``) carry.
+    """
     try:
-        from google.rpc import error_details_pb2
-        from grpc_status import rpc_status
-    except ImportError:  # grpcio-status is optional for the SDK
+        from google.rpc import error_details_pb2, status_pb2
+    except ImportError:  # googleapis-common-protos is optional for the SDK
         return None
-    if not isinstance(error, grpc.Call):
+    trailing_metadata = getattr(error, "trailing_metadata", None)
+    if not callable(trailing_metadata):
         return None
-    status = rpc_status.from_call(error)
-    if status is None:
-        return None
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
+    for key, value in trailing_metadata() or ():
+        if key != _DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return info.reason
     return None

@@ -129,7 +129,11 @@ class Engine:
         """Load the models in a thread and start one batcher per model (inside the running loop)."""
         if self._started:
             return
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.load)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.load)
+        except BaseException:
+            self.executor.shutdown(wait=True)  # the load has returned; leave no thread behind
+            raise
         for spec in DEFAULT_MODELS:
             batcher = Batcher(self.models[spec.name], self.executor, self._batcher_config(spec))
             batcher.start()

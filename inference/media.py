@@ -59,6 +59,10 @@ class DecodedImage:
         return int(self.bgr.shape[0])
 
 
+#: BITMAPCOREHEADER, BITMAPINFOHEADER and its successors: what follows "BM" in a real BMP.
+_BMP_DIB_HEADER_SIZES = (12, 40, 52, 56, 64, 108, 124)
+
+
 def sniff(data: bytes) -> str | None:
     """The MIME type the bytes really are, from their magic numbers; ``None`` when unknown."""
     head = data[:32]
@@ -68,9 +72,9 @@ def sniff(data: bytes) -> str | None:
         return "image/png"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
-    if head.startswith(b"BM") and len(data) >= 26:
+    if head.startswith(b"BM") and len(data) >= 26 and head[14] in _BMP_DIB_HEADER_SIZES:
         return "image/bmp"
-    if len(head) >= 2 and head[0:1] == b"P" and head[1:2] in b"123456":
+    if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
         return "image/x-portable-anymap"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "image/gif"
@@ -88,8 +92,11 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the first SOF segment; checks the scan is terminated (not truncated)."""
+def _jpeg_scan(data: bytes) -> tuple[tuple[int, int], int]:
+    """((width, height) from the first SOF segment, offset of the first scan's data).
+
+    Segments are walked one by one, so an EXIF thumbnail (a whole JPEG inside APP1) is skipped.
+    """
     pos = 2
     size: tuple[int, int] | None = None
     length = len(data)
@@ -114,9 +121,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if marker == 0xDA:  # start of scan: entropy-coded data follows until EOI
             if size is None:
                 raise InvalidMedia("corrupt JPEG: scan before frame header")
-            if data.find(b"\xff\xd9", pos + 2 + seg_len) < 0:
-                raise InvalidMedia("truncated JPEG: the image data ends before its end marker")
-            return size
+            return size, pos + 2 + seg_len
         pos += 2 + seg_len
     raise InvalidMedia("truncated JPEG: no image data")
 
@@ -125,9 +130,22 @@ def _png_size(data: bytes) -> tuple[int, int]:
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise InvalidMedia("corrupt PNG: no IHDR header")
     width, height = struct.unpack(">II", data[16:24])
-    if b"IEND" not in data[-64:]:
-        raise InvalidMedia("truncated PNG: the file ends before its IEND chunk")
     return width, height
+
+
+def _png_complete(data: bytes) -> None:
+    if data.rfind(b"IEND", 33) < 0:
+        raise InvalidMedia("truncated PNG: the file ends before its IEND chunk")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    return _jpeg_scan(data)[0]
+
+
+def _jpeg_complete(data: bytes) -> None:
+    """A JPEG is whole when an end marker follows its first scan."""
+    if data.find(b"\xff\xd9", _jpeg_scan(data)[1]) < 0:
+        raise InvalidMedia("truncated JPEG: the image data ends before its end marker")
 
 
 def _webp_size(data: bytes) -> tuple[int, int]:
@@ -173,6 +191,10 @@ _HEADER_READERS = {
 }
 
 
+#: Cheap checks that the file was not cut short, run after the size limits passed.
+_COMPLETENESS_CHECKS = {"image/jpeg": _jpeg_complete, "image/png": _png_complete}
+
+
 def probe(data: bytes, limits: ImageLimits) -> tuple[str, int, int]:
     """Sniff and read the declared size; raise before decoding if anything is off."""
     if not data:
@@ -201,6 +223,9 @@ def probe(data: bytes, limits: ImageLimits) -> tuple[str, int, int]:
             f"image declares {width}×{height} pixels; the limits are {limits.max_side} px a side "
             f"and {limits.max_pixels} pixels (VIGIL_MAX_IMAGE_SIDE, VIGIL_MAX_IMAGE_PIXELS)"
         )
+    completeness_check = _COMPLETENESS_CHECKS.get(kind)
+    if completeness_check is not None:
+        completeness_check(data)
     if width < limits.min_side or height < limits.min_side:
         raise InvalidMedia(
             f"image is {width}×{height} pixels; at least {limits.min_side}×{limits.min_side} "

@@ -1,0 +1,215 @@
+"""The real ``vigil`` command line, run as a subprocess: client commands against the session server,
+model installation from a mirror, and ``vigil serve`` with its health, metrics and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
+
+from inference import catalog
+from tests.conftest import FACES, SHARED, SPOOF
+
+MIRROR = Path(os.environ.get("VIGIL_MODEL_MIRROR") or SHARED / "models")
+
+
+@pytest.fixture
+def env(models_dir, tmp_path) -> dict[str, str]:
+    values = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    values.update(
+        VIGIL_MODELS_DIR=str(models_dir),
+        VIGIL_DATA_DIR=str(tmp_path / "var"),
+        VIGIL_INTRA_OP_THREADS="1",
+    )
+    return values
+
+
+def vigil(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60):
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def vigil_json(*args: str, env, cwd) -> dict:
+    done = vigil(*args, "--json", env=env, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    "path,live", [(SPOOF / "image_F1.jpg", False), (FACES / "obama.jpg", True)], ids=["F1", "obama"]
+)
+def test_liveness(server, env, tmp_path, path, live) -> None:
+    result = vigil_json("liveness", str(path), "--server", server.address, env=env, cwd=tmp_path)
+    assert result["live"] is live
+    assert 0.0 <= result["score"] <= 1.0
+    assert (result["score"] >= 0.5) is live
+    assert result["face_count"] == 1
+
+
+def test_verify(server, env, tmp_path) -> None:
+    a, b, other = (str(FACES / n) for n in ("obama.jpg", "obama2.jpg", "biden.jpg"))
+    same = vigil_json("verify", a, b, "--server", server.address, env=env, cwd=tmp_path)
+    assert same["match"] is True
+    assert same["similarity"] > 0.5 and same["distance"] < 0.6
+    assert same["metric"] == "euclidean"
+    different = vigil_json("verify", a, other, "--server", server.address, env=env, cwd=tmp_path)
+    assert different["match"] is False
+    assert different["similarity"] < 0.5 < 0.6 < different["distance"]
+
+
+def test_detect_and_template(server, env, tmp_path) -> None:
+    image = str(FACES / "obama.jpg")
+    found = vigil_json("detect", image, "--server", server.address, env=env, cwd=tmp_path)
+    assert (found["width"], found["height"], found["content_type"]) == (910, 1137, "image/jpeg")
+    assert len(found["faces"]) == 1 and len(found["faces"][0]["landmarks"]) == 5
+    made = vigil_json("template", image, "--server", server.address, env=env, cwd=tmp_path)
+    assert len(made["template"]["values"]) == 128
+    assert (made["template"]["model"], made["template"]["model_version"]) == ("dlib-resnet", "v1")
+
+
+def test_human_output(server, env, tmp_path) -> None:
+    done = vigil("liveness", str(SPOOF / "image_F1.jpg"), "--server", server.address, env=env,
+                 cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("SPOOF score=")
+
+
+def test_failed_call_exits_1_with_status_on_stderr(server, env, tmp_path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a photo\n")
+    done = vigil("liveness", str(text), "--server", server.address, "--json", env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith("INVALID_ARGUMENT: ")
+    assert "no known image format" in done.stderr
+
+
+def test_unreadable_path_exits_2(server, env, tmp_path) -> None:
+    missing = tmp_path / "nope.jpg"
+    done = vigil(
+        "detect", str(missing), "--server", server.address, "--json", env=env, cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert f"cannot read {missing}" in done.stderr
+
+
+def test_models_install(env, tmp_path) -> None:
+    target = tmp_path / "installed"
+    done = vigil("models", "install", "--mirror", str(MIRROR), "--dir", str(target), env=env,
+                 cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for spec in catalog.DEFAULT_MODELS:
+        assert f"ok  {target / spec.file}" in done.stdout
+        assert catalog.sha256_of(target / spec.file) == spec.sha256
+    assert not [p for p in target.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_models_install_refuses_a_corrupt_mirror(env, tmp_path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for source in MIRROR.iterdir():
+        shutil.copyfile(source, mirror / source.name)
+    corrupt = catalog.MINIFASNET_V2.file
+    data = bytearray((mirror / corrupt).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (mirror / corrupt).write_bytes(bytes(data))
+    target = tmp_path / "installed"
+    done = vigil("models", "install", "--mirror", str(mirror), "--dir", str(target), env=env,
+                 cwd=tmp_path)  # fmt: skip
+    assert done.returncode != 0
+    assert corrupt in done.stderr and "sha256" in done.stderr
+    assert catalog.MINIFASNET_V2.sha256 in done.stderr  # what it should have been
+    assert not (target / corrupt).exists()
+    assert not [p for p in target.iterdir() if corrupt in p.name]  # no partial copy either
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_serving(address: str, proc: subprocess.Popen, deadline_s: float = 60) -> None:
+    deadline = time.monotonic() + deadline_s
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "vigil serve exited early"
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise AssertionError("vigil serve never became SERVING")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_serve_health_metrics_and_sigterm(env, tmp_path) -> None:
+    port, metrics_port = free_port(), free_port()
+    address = f"127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1",
+         "--port", str(port), "--metrics-port", str(metrics_port)],
+        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_serving(address, proc)
+        with grpc.insecure_channel(address) as channel:
+            stub = instant_pb2_grpc.InstantStub(channel)
+            image = common_pb2.Media(data=(FACES / "obama.jpg").read_bytes())
+            assert stub.CheckLiveness(instant_pb2.LivenessRequest(image=image), timeout=30).live
+            with pytest.raises(grpc.RpcError):
+                stub.Detect(instant_pb2.DetectRequest(), timeout=30)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+            scraped = samples(response.read().decode())
+        method = "/vigil.v1.Instant/CheckLiveness"
+        ok = (("code", "OK"), ("method", method))
+        assert scraped["vigil_rpc_total", ok] == 1.0
+        assert scraped["vigil_rpc_latency_seconds_count", ok] == 1.0
+        assert scraped["vigil_rpc_latency_seconds_bucket", (*ok[:1], ("le", "+Inf"), *ok[1:])] == 1
+        bad = (("code", "INVALID_ARGUMENT"), ("method", "/vigil.v1.Instant/Detect"))
+        assert scraped["vigil_rpc_total", bad] == 1.0
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert "shutting down" in output and "stopped" in output, output
