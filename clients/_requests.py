@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vigil.v1 import common_pb2, instant_pb2
-
 from clients.results import Template
+from vigil.v1 import common_pb2, instant_pb2
 
 #: An image as a path or raw bytes, or (for verification) a template.
 ImageLike = str | Path | bytes

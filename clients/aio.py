@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from vigil.v1 import instant_pb2, instant_pb2_grpc
 
 from clients import _requests as build
 from clients.errors import VigilRpcError
 from clients.results import DetectResult, LivenessResult, TemplateResult, VerifyResult
+from vigil.v1 import instant_pb2, instant_pb2_grpc
 
 T = TypeVar("T")
 

@@ -66,6 +66,13 @@ class NotFound(VigilError):
     reason = "NOT_FOUND"
 
 
+class AlreadyExists(VigilError):
+    """An object with that name already exists (e.g. a collection name within a company)."""
+
+    status = "ALREADY_EXISTS"
+    reason = "ALREADY_EXISTS"
+
+
 class Overloaded(VigilError):
     """A queue is full; the caller may retry later."""
 

@@ -92,6 +92,23 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+VIDEO_TYPES = ("video/mp4", "video/quicktime", "video/webm")
+
+
+def sniff_kind(data: bytes) -> tuple[str, str] | None:
+    """("IMAGE" | "VIDEO", MIME type) for media vigil can store, or None."""
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "VIDEO", "video/webm"
+    if data[4:8] == b"ftyp" and data[8:12] == b"qt  ":
+        return "VIDEO", "video/quicktime"
+    kind = sniff(data)
+    if kind in SUPPORTED_IMAGE_TYPES:
+        return "IMAGE", kind
+    if kind == "video/mp4":
+        return "VIDEO", kind
+    return None
+
+
 def _jpeg_scan(data: bytes) -> tuple[tuple[int, int], int]:
     """((width, height) from the first SOF segment, offset of the first scan's data).
 

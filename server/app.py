@@ -5,25 +5,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from vigil.v1 import instant_pb2, instant_pb2_grpc
 
 from inference.backends import BackendOptions
 from inference.batcher import BatcherConfig
 from inference.catalog import DEFAULT_MODELS
 from inference.engine import Engine, EngineConfig
 from inference.media import ImageLimits
+from server.analysis_worker import AnalysisWorkers
+from server.collections_service import CollectionsServicer
+from server.context import AppContext
+from server.folders_service import FoldersServicer
 from server.instant import InstantServicer
 from server.interceptors import ErrorMappingInterceptor
 from server.settings import Settings
+from server.webhook_dispatch import WebhookDispatcher
+from server.webhooks_service import WebhooksServicer
+from storage.blobs import LocalBlobStore
+from storage.db import Database, migrate
+from vigil.v1 import (
+    collections_pb2,
+    collections_pb2_grpc,
+    folders_pb2,
+    folders_pb2_grpc,
+    instant_pb2,
+    instant_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (instant_pb2.DESCRIPTOR.services_by_name["Instant"].full_name,)
+SERVICE_NAMES = (
+    instant_pb2.DESCRIPTOR.services_by_name["Instant"].full_name,
+    folders_pb2.DESCRIPTOR.services_by_name["Folders"].full_name,
+    collections_pb2.DESCRIPTOR.services_by_name["Collections"].full_name,
+    webhooks_pb2.DESCRIPTOR.services_by_name["Webhooks"].full_name,
+)
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -62,30 +85,68 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
+class Background(Protocol):
+    """Work that runs beside the RPCs (analysis workers, webhook deliveries)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class VigilServer:
     """A started server; ``port`` is the bound port (useful when asked for port 0)."""
 
     server: grpc.aio.Server
-    engine: Engine
+    app: AppContext
     health: health.aio.HealthServicer
     port: int
     grace_s: float
+    background: list[Background] = field(default_factory=list)
+
+    @property
+    def engine(self) -> Engine:
+        return self.app.engine
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, in-flight calls get ``grace_s`` to finish, then all stops."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_s)
-        await self.engine.stop()
+        for task in self.background:
+            await task.stop()
+        await self.app.engine.stop()
+        self.app.close()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
 
-async def start_server(settings: Settings, engine: Engine | None = None) -> VigilServer:
-    """Start the engine (all models verified and loaded first), then serve on ``settings.port``."""
+async def open_app(settings: Settings, engine: Engine | None = None) -> AppContext:
+    """Start the engine (every model verified and loaded) and open the migrated database."""
     engine = engine or Engine(engine_config(settings))
     await engine.start()
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        database = Database(settings.resolved_database_url)
+        await asyncio.to_thread(migrate, database.engine)
+        blobs = LocalBlobStore(settings.resolved_blob_dir)
+    except BaseException:
+        await engine.stop()
+        raise
+    return AppContext(settings=settings, engine=engine, database=database, blobs=blobs)
+
+
+def _add_services(server: grpc.aio.Server, app: AppContext) -> None:
+    instant = InstantServicer(app.engine, app.settings)
+    instant_pb2_grpc.add_InstantServicer_to_server(instant, server)
+    folders_pb2_grpc.add_FoldersServicer_to_server(FoldersServicer(app), server)
+    collections_pb2_grpc.add_CollectionsServicer_to_server(CollectionsServicer(app), server)
+    webhooks_pb2_grpc.add_WebhooksServicer_to_server(WebhooksServicer(app), server)
+
+
+async def start_server(settings: Settings, engine: Engine | None = None) -> VigilServer:
+    """Open the app, then serve on ``settings.port`` with workers running beside."""
+    app = await open_app(settings, engine)
     max_message = settings.resolved_max_message_bytes
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor()],
@@ -94,7 +155,7 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
             ("grpc.max_send_message_length", max_message),
         ],
     )
-    instant_pb2_grpc.add_InstantServicer_to_server(InstantServicer(engine, settings), server)
+    _add_services(server, app)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -107,15 +168,22 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
-        await engine.stop()
+        await app.engine.stop()
+        app.close()
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await server.start()
+    background: list[Background] = [
+        AnalysisWorkers(app, settings.analysis_workers),
+        WebhookDispatcher(app),
+    ]
+    for task in background:
+        task.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     for name in SERVICE_NAMES:
         await health_servicer.set(name, serving)
     log.info("vigil serving on %s:%d (backend %s)", settings.host, port, settings.backend)
-    return VigilServer(server, engine, health_servicer, port, settings.shutdown_grace_s)
+    return VigilServer(server, app, health_servicer, port, settings.shutdown_grace_s, background)
 
 
 async def serve_forever(settings: Settings) -> None:

@@ -6,12 +6,12 @@ import time
 
 import grpc
 import numpy as np
-from vigil.v1 import common_pb2, instant_pb2
 
 from inference.catalog import ModelSpec
 from inference.errors import InvalidArgument
 from inference.media import DecodedImage
 from inference.types import Face, Subject, Timings
+from vigil.v1 import common_pb2, instant_pb2
 
 
 def require_media(media: common_pb2.Media, field: str) -> bytes:

@@ -7,7 +7,6 @@ import time
 
 import grpc
 import numpy as np
-from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 from inference.catalog import DEFAULT_MODELS, DLIB_RESNET, YUNET
 from inference.engine import LIVENESS_MODELS, Engine
@@ -16,6 +15,7 @@ from inference.types import Subject, Timings
 from server import __version__
 from server import converters as conv
 from server.settings import Settings
+from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 
 class InstantServicer(instant_pb2_grpc.InstantServicer):

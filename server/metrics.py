@@ -14,6 +14,10 @@ RPC_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+ANALYSES_FINISHED = Counter(
+    "vigil_analyses_total", "Analyses written, by type and resolution", ["type", "resolution"]
+)
+
 
 def serve_metrics(host: str, port: int) -> None:
     """Start the Prometheus endpoint in a daemon thread (``port`` 0 leaves it off)."""

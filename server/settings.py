@@ -74,6 +74,33 @@ class Settings(BaseSettings):
     """A face is live when its real probability is at least this."""
     match_distance_threshold: float = 0.6
     """Two faces match when their embedding distance is below this (dlib's own threshold)."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the database; default SQLite at <data_dir>/vigil.db. PostgreSQL:
+    postgresql+psycopg://user:password@host:5432/dbname."""
+    blob_dir: Path | None = None
+    """Where media bytes are kept (content-addressed); default <data_dir>/blobs."""
+    max_media_bytes: int = 100 * 1024 * 1024
+    """Largest media upload (checked while it streams)."""
+    upload_chunk_bytes: int = 256 * 1024
+    """Size of the chunks DownloadMedia sends."""
+    analysis_workers: int = 2
+    """Analysis workers inside `vigil serve` (0: none; run `vigil worker` instead)."""
+    analysis_lease_s: float = 60.0
+    """How long a worker holds an analysis before another may take it (renewed while it runs)."""
+    analysis_max_attempts: int = 3
+    """Tries before an analysis whose worker keeps dying is marked FAILED."""
+    queue_poll_s: float = 0.5
+    """How often idle workers poll for queued analyses (ones queued here wake them at once)."""
+    biometry_grey_zone: float = 0.05
+    """BIOMETRY: distances within this above the match threshold give OPERATOR_REQUIRED."""
+    search_threshold: float = 0.6
+    """Collections: a search hit is a match below this distance (BLACKLIST uses it too)."""
+    webhook_allow_private: bool = False
+    """Allow webhooks to private, loopback and link-local addresses (tests, closed networks)."""
+    webhook_max_attempts: int = 6
+    """Deliveries of one webhook event before it is marked FAILED (backoff doubles from 1 s)."""
+    webhook_timeout_s: float = 10.0
+    """HTTP timeout of one webhook delivery."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM, how long in-flight calls may take to finish before they are cancelled."""
     log_level: str = "INFO"
@@ -82,6 +109,14 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.data_dir / "models"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'vigil.db').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
 
     @property
     def resolved_engine_cache_dir(self) -> Path:

@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from vigil.v1 import instant_pb2_grpc
 
 from inference import catalog
 from server.settings import Settings
+from vigil.v1 import instant_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VIGIL_SHARED_DIR", ROOT.parent / "shared"))
@@ -47,10 +48,10 @@ class ServerThread:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from server.app import start_server
-
         asyncio.set_event_loop(self.loop)
         try:
+            from server.app import start_server
+
             self.running = self.loop.run_until_complete(start_server(self.settings))
         except BaseException as exc:  # reported to the test that started it
             self.error = exc
@@ -89,7 +90,7 @@ def make_settings(models_dir: Path, **overrides: object) -> Settings:
         "port": 0,
         "metrics_port": 0,
         "models_dir": models_dir,
-        "data_dir": models_dir.parent / "var",
+        "data_dir": models_dir.parent / f"var-{uuid.uuid4().hex[:8]}",
         "shutdown_grace_s": 5.0,
         "intra_op_threads": 1,
     }
@@ -97,11 +98,104 @@ def make_settings(models_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+POSTGRES_ADMIN_URL = os.environ.get(
+    "VIGIL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres_admin():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    try:
+        return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({exc}); .ci/run starts it, "
+            "or point VIGIL_TEST_POSTGRES at one"
+        )
+
+
+def _sqlalchemy_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
 @pytest.fixture(scope="session")
-def server(models_dir: Path) -> Iterator[ServerThread]:
-    running = ServerThread(make_settings(models_dir)).start()
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run (dropped at the end)."""
+    name = f"vigil_test_{uuid.uuid4().hex[:12]}"
+    with _postgres_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield _sqlalchemy_url(f"{base}/{name}")
+    with _postgres_admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    base_url = request.getfixturevalue("postgres_database")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    import psycopg
+
+    plain = base_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    yield f"{base_url}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def _start(models_dir: Path, data_dir: Path, **overrides: object) -> ServerThread:
+    settings = make_settings(
+        models_dir, data_dir=data_dir, webhook_allow_private=True, queue_poll_s=0.1, **overrides
+    )
+    return ServerThread(settings).start()
+
+
+@pytest.fixture(scope="session")
+def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """The full server on SQLite (the embedded default)."""
+    running = _start(models_dir, tmp_path_factory.mktemp("server-sqlite"))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(
+    models_dir: Path, tmp_path_factory: pytest.TempPathFactory, postgres_database: str
+) -> Iterator[ServerThread]:
+    """The full server on PostgreSQL."""
+    running = _start(
+        models_dir, tmp_path_factory.mktemp("server-pg"), database_url=postgres_database
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def api_server(request: pytest.FixtureRequest) -> ServerThread:
+    """The full server, once on each database. Tests isolate themselves by company."""
+    return request.getfixturevalue("server" if request.param == "sqlite" else "postgres_server")
+
+
+@pytest.fixture
+def company() -> tuple[tuple[str, str], ...]:
+    """Call metadata naming a company of this test's own, so tests never see each other's rows."""
+    return (("vigil-company", f"test-{uuid.uuid4().hex[:12]}"),)
+
+
+@pytest.fixture
+def api_channel(api_server: ServerThread) -> Iterator[grpc.Channel]:
+    options = [
+        ("grpc.max_send_message_length", 128 << 20),
+        ("grpc.max_receive_message_length", 128 << 20),
+    ]
+    with grpc.insecure_channel(api_server.address, options=options) as ch:
+        yield ch
 
 
 @pytest.fixture(scope="session")

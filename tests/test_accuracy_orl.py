@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from vigil.v1 import common_pb2, instant_pb2
 
 from tests.conftest import ORL, read
+from vigil.v1 import common_pb2, instant_pb2
 
 IMPOSTOR_SAMPLE = 20_000
 SEED = 20261122

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 from tests.conftest import FACES, ServerThread, make_settings, read
+from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION

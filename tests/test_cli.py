@@ -18,10 +18,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 from inference import catalog
 from tests.conftest import FACES, SHARED, SPOOF
+from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 MIRROR = Path(os.environ.get("VIGIL_MODEL_MIRROR") or SHARED / "models")
 

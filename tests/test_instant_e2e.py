@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from vigil.v1 import common_pb2, instant_pb2
 
 from tests.conftest import FACES, SPOOF, read
+from vigil.v1 import common_pb2, instant_pb2
 
 OBAMAS = ["obama.jpg", "obama2.jpg", "obama3.jpg"]
 LIVE_PHOTOS = [

@@ -16,12 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 import clients
 from inference import catalog
 from inference.errors import ModelError
 from tests.conftest import FACES, SPOOF, ServerThread, make_settings, read
+from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

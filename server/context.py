@@ -1,0 +1,82 @@
+"""What every servicer shares: settings, the engine, the database, the blob store; and who calls.
+
+Repository work is synchronous (SQLModel); ``AppContext.db`` runs it in a thread so the event
+loop never blocks on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from sqlmodel import Session
+
+from inference.engine import Engine
+from inference.errors import InvalidArgument
+from server.settings import Settings
+from storage import folders
+from storage.blobs import LocalBlobStore
+from storage.db import Database
+
+T = TypeVar("T")
+
+#: Until credentials land, the caller names its company in this metadata key (default "default").
+COMPANY_METADATA_KEY = "vigil-company"
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: Engine
+    database: Database
+    blobs: LocalBlobStore
+    db_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="vigil-db")
+    )
+    #: Set when analyses are queued on this replica, so idle workers start at once.
+    jobs_queued: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when webhook deliveries are queued on this replica, so the dispatcher wakes at once.
+    deliveries_queued: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Collections' embeddings in memory (see storage.face_index); built by the Collections work.
+    face_index: Any = None
+    #: The loop the server runs on (DB threads use it to wake waiters).
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    _companies: dict[str, str] = field(default_factory=dict)
+
+    async def db(self, work: Callable[[Session], T]) -> T:
+        """Run ``work(session)`` in a database thread and commit; roll back if it raises."""
+
+        def run() -> T:
+            with self.database.session() as session:
+                result = work(session)
+                session.commit()
+                return result
+
+        return await asyncio.get_running_loop().run_in_executor(self.db_executor, run)
+
+    async def io(self, fn: Callable[..., T], *args: object) -> T:
+        """Run blocking file work (blobs) in a database thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.db_executor, fn, *args)
+
+    async def company_id(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's company id (created on first use)."""
+        name = "default"
+        for key, value in context.invocation_metadata() or ():
+            if key == COMPANY_METADATA_KEY:
+                name = value if isinstance(value, str) else value.decode()
+        if not name or len(name) > 200:
+            raise InvalidArgument(f"{COMPANY_METADATA_KEY} must be 1-200 characters")
+        cached = self._companies.get(name)
+        if cached is not None:
+            return cached
+        company_id = await self.db(lambda s: folders.ensure_company(name, session=s).id)
+        self._companies[name] = company_id
+        return company_id
+
+    def close(self) -> None:
+        self.db_executor.shutdown(wait=True)
+        self.database.dispose()
