@@ -95,6 +95,12 @@ def sniff(data: bytes) -> str | None:
 VIDEO_TYPES = ("video/mp4", "video/quicktime", "video/webm")
 
 
+def unsupported_name(data: bytes) -> str | None:
+    """A readable name for media vigil recognises but does not read (GIF, TIFF, HEIC…)."""
+    kind = sniff(data)
+    return _KNOWN_UNSUPPORTED.get(kind) if kind else None
+
+
 def sniff_kind(data: bytes) -> tuple[str, str] | None:
     """("IMAGE" | "VIDEO", MIME type) for media vigil can store, or None."""
     if data[:4] == b"\x1a\x45\xdf\xa3":

@@ -186,6 +186,28 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
     return VigilServer(server, app, health_servicer, port, settings.shutdown_grace_s, background)
 
 
+async def work_forever(settings: Settings) -> None:
+    """`vigil worker`: run analyses and webhook deliveries from the shared queue, no gRPC."""
+    app = await open_app(settings)
+    background: list[Background] = [
+        AnalysisWorkers(app, max(1, settings.analysis_workers)),
+        WebhookDispatcher(app),
+    ]
+    for task in background:
+        task.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("vigil worker running (%d analysis workers)", max(1, settings.analysis_workers))
+    await stop.wait()
+    for task in background:
+        await task.stop()
+    await app.engine.stop()
+    app.close()
+    log.info("worker stopped")
+
+
 async def serve_forever(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start_server(settings)

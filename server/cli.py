@@ -46,6 +46,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from server.app import work_forever
+
+    try:
+        asyncio.run(work_forever(settings))
+    except VigilError as error:
+        print(f"vigil: cannot start: {error.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _models_install(args: argparse.Namespace) -> int:
     settings = Settings()
     target = Path(args.dir) if args.dir else settings.resolved_models_dir
@@ -89,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--install-models", action="store_true", help="install missing models from the mirror first"
     )
     serve.set_defaults(handler=_serve)
+
+    worker = sub.add_parser("worker", help="run analysis workers only (shares the database queue)")
+    worker.set_defaults(handler=_worker)
 
     models = sub.add_parser("models", help="manage the model files").add_subparsers(
         dest="models_command", required=True

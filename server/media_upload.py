@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from inference.errors import InvalidArgument, InvalidMedia, MediaTooLarge, UnsupportedMedia
-from inference.media import probe, sniff_kind
+from inference.media import probe, sniff_kind, unsupported_name
 from server.context import AppContext
 from storage import folders
 from storage.common import validate_meta
@@ -39,6 +39,11 @@ def _sniffed(head: bytes) -> tuple[str, str]:
     if kind is None:
         if not head:
             raise InvalidMedia("media is empty (0 bytes)")
+        name = unsupported_name(head)
+        if name:
+            raise UnsupportedMedia(
+                f"{name} is not supported; send JPEG, PNG, WebP, BMP, MP4, MOV or WebM"
+            )
         raise UnsupportedMedia(
             "not a media type vigil stores: send JPEG, PNG, WebP, BMP, MP4, MOV or WebM"
         )

@@ -94,20 +94,18 @@ class Target:
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64), if any."""
+    """The IPv4 address an IPv6 one carries (mapped, 6to4), if any."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
+    return address.sixtofour
 
 
 def is_public(address: IPAddress) -> bool:
     """False for private, loopback, link-local, multicast, reserved, unspecified, shared (CGNAT)
     and other non-global addresses, including IPv4 ones wrapped in IPv6."""
     if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64:  # DNS64/NAT64 networks: the IPv4 address it stands for decides
+            return is_public(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
         inner = _embedded_ipv4(address)
         if inner is not None and not is_public(inner):
             return False

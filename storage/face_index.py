@@ -48,13 +48,27 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class IndexEntry:
+    """One collection in memory, as of ``revision``."""
+
     name: str
     revision: int
     ids: list[str]
     labels: list[str]
     matrix: np.ndarray  # (n, d) float32, read-only
     sq_norms: np.ndarray  # (n,) float32
+
+    @classmethod
+    def of(cls, name: str, revision: int, embeddings: repo.Embeddings) -> IndexEntry:
+        matrix = embeddings.matrix
+        return cls(
+            name=name,
+            revision=revision,
+            ids=embeddings.ids,
+            labels=embeddings.labels,
+            matrix=matrix,
+            sq_norms=np.einsum("ij,ij->i", matrix, matrix).astype(np.float32),
+        )
 
     @property
     def nbytes(self) -> int:
@@ -71,7 +85,7 @@ class FaceIndex:
         #: Default distance threshold for ``similarity`` (the server's search_threshold).
         self.threshold = threshold
         self.prune_every_s = prune_every_s
-        self._entries: dict[_Key, _Entry] = {}
+        self._entries: dict[_Key, IndexEntry] = {}
         self._load_locks: dict[_Key, threading.Lock] = {}
         self._lock = threading.Lock()
         self._last_prune = time.monotonic()
@@ -125,7 +139,7 @@ class FaceIndex:
             repo.check_model(collection, *model)
         q = repo.check_embedding(query)
         entry, reloaded = self._entry(company_id, collection, session)
-        hits = _rank(entry, q, top_k, threshold)
+        hits = rank(entry, q, top_k, threshold)
         self._maybe_prune(session)
         return SearchResult(
             collection=collection,
@@ -139,7 +153,7 @@ class FaceIndex:
 
     def _entry(
         self, company_id: str, collection: Collection, session: Session
-    ) -> tuple[_Entry, bool]:
+    ) -> tuple[IndexEntry, bool]:
         key = (company_id, collection.id)
         with self._lock:
             entry = self._entries.get(key)
@@ -154,15 +168,7 @@ class FaceIndex:
             # The revision was read before the faces: a change committed in between makes the
             # matrix newer than its tag, which costs one extra reload, never a stale answer.
             loaded = repo.load_embeddings(collection.id, company_id=company_id, session=session)
-            matrix = loaded.matrix
-            entry = _Entry(
-                name=collection.name,
-                revision=collection.revision,
-                ids=loaded.ids,
-                labels=loaded.labels,
-                matrix=matrix,
-                sq_norms=np.einsum("ij,ij->i", matrix, matrix).astype(np.float32),
-            )
+            entry = IndexEntry.of(collection.name, collection.revision, loaded)
             with self._lock:
                 current = self._entries.get(key)
                 if current is None or current.revision <= entry.revision:
@@ -226,13 +232,17 @@ class FaceIndex:
             return sum(entry.nbytes for entry in self._entries.values())
 
 
-def _rank(entry: _Entry, q: np.ndarray, top_k: int, threshold: float) -> list[SearchHit]:
+def rank(entry: IndexEntry, q: np.ndarray, top_k: int, threshold: float) -> list[SearchHit]:
+    """The ``top_k`` faces of ``entry`` nearest to ``q``, nearest first."""
     n = len(entry.ids)
     if n == 0:
         return []
-    squared = entry.sq_norms - 2.0 * (entry.matrix @ q) + np.float32(q @ q)
+    # ‖m - q‖² = |m|² - 2 m·q + |q|²; |q|² ranks nothing. In place: no n-sized temporaries.
+    ranking = entry.matrix @ q
+    ranking *= -2.0
+    ranking += entry.sq_norms
     k = min(top_k, n)
-    candidates = np.argpartition(squared, k - 1)[:k] if k < n else np.arange(n)
+    candidates = np.argpartition(ranking, k - 1)[:k] if k < n else np.arange(n)
     exact = np.linalg.norm(entry.matrix[candidates] - q, axis=1)
     order = np.argsort(exact, kind="stable")
     return [
