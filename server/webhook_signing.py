@@ -62,7 +62,7 @@ def verify(
         if not sep:
             return False
         if key == "t":
-            if timestamp is not None or not value.isdigit():
+            if timestamp is not None or not (value.isascii() and value.isdigit()):
                 return False
             timestamp = int(value)
         elif key == "v1":
