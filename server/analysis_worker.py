@@ -153,12 +153,11 @@ class AnalysisWorkers:
                 )
             if folder.resolution not in (None, "PROCESSING"):
                 rows = analyses.folder_analyses(folder.id, company_id=folder.company_id, session=s)
-                if webhooks.enqueue_folder_event(
-                    folder, folder_event_payload(folder, rows), session=s
-                ):
-                    self.app.loop.call_soon_threadsafe(self.app.deliveries_queued.set)
+                payload = folder_event_payload(folder, rows)
+                queued_deliveries.append(webhooks.enqueue_folder_event(folder, payload, session=s))
 
-        return analyses.complete(
+        queued_deliveries: list[int] = []
+        written = analyses.complete(
             job.id,
             worker,
             state=outcome.state,
@@ -167,6 +166,9 @@ class AnalysisWorkers:
             session=session,
             on_success=on_success,
         )
+        if written and any(queued_deliveries):  # committed: the dispatcher will find them
+            self.app.loop.call_soon_threadsafe(self.app.deliveries_queued.set)
+        return written
 
     async def _renew(self, analysis_id: str, worker: str) -> None:
         lease = self.app.settings.analysis_lease_s
