@@ -99,3 +99,35 @@ class ModelError(VigilError):
 
     status = "FAILED_PRECONDITION"
     reason = "MODEL_ERROR"
+
+
+class Unauthenticated(VigilError):
+    """No credential, or one that is unknown, revoked or expired."""
+
+    status = "UNAUTHENTICATED"
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(VigilError):
+    """The credential is valid but its role or result mode does not allow the call."""
+
+    status = "PERMISSION_DENIED"
+    reason = "PERMISSION_DENIED"
+
+
+class RateLimited(VigilError):
+    """Too many calls for this credential, or too many failed authentications."""
+
+    status = "RESOURCE_EXHAUSTED"
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class FailedPrecondition(VigilError):
+    """The object is not in a state that allows the call (e.g. a verdict of a running folder)."""
+
+    status = "FAILED_PRECONDITION"
+    reason = "FAILED_PRECONDITION"

@@ -28,6 +28,7 @@ from server.webhook_dispatch import WebhookDispatcher
 from server.webhooks_service import WebhooksServicer
 from storage.blobs import LocalBlobStore
 from storage.db import Database, migrate
+from storage.face_index import FaceIndex
 from vigil.v1 import (
     collections_pb2,
     collections_pb2_grpc,
@@ -133,7 +134,13 @@ async def open_app(settings: Settings, engine: Engine | None = None) -> AppConte
     except BaseException:
         await engine.stop()
         raise
-    return AppContext(settings=settings, engine=engine, database=database, blobs=blobs)
+    return AppContext(
+        settings=settings,
+        engine=engine,
+        database=database,
+        blobs=blobs,
+        face_index=FaceIndex(threshold=settings.search_threshold),
+    )
 
 
 def _add_services(server: grpc.aio.Server, app: AppContext) -> None:

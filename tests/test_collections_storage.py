@@ -102,12 +102,15 @@ def test_another_company_gets_not_found(db: Database, companies: tuple[str, str]
         ):
             with pytest.raises(NotFound):
                 call()
-        assert repo.faces_by_id(
-            repo.get_collection("wl", company_id=a, session=s).id,
-            [face_id],
-            company_id=b,
-            session=s,
-        ) == {}
+        assert (
+            repo.faces_by_id(
+                repo.get_collection("wl", company_id=a, session=s).id,
+                [face_id],
+                company_id=b,
+                session=s,
+            )
+            == {}
+        )
     assert [h.face_id for h in search(index, db, a, "wl", vec(1))] == [face_id]
 
 
