@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clients.connection import Connection
 from clients.errors import VigilRpcError
 from clients.results import as_json
 from clients.sync import VigilClient
@@ -87,6 +88,26 @@ COMMANDS: dict[
 }
 
 
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Credential and TLS options (each defaults to its VIGIL_* environment variable)."""
+    parser.add_argument("--api-key", help="API key (default $VIGIL_API_KEY)")
+    parser.add_argument(
+        "--tls-ca", type=Path, help="CA of the server's certificate ($VIGIL_TLS_CA)"
+    )
+    parser.add_argument("--tls-cert", type=Path, help="client certificate, mTLS ($VIGIL_TLS_CERT)")
+    parser.add_argument("--tls-key", type=Path, help="client key, mTLS ($VIGIL_TLS_KEY)")
+
+
+def connection_of(args: argparse.Namespace) -> Connection:
+    return Connection.from_env(
+        args.server,
+        api_key=args.api_key,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
 def add_client_commands(subparsers: Any) -> None:
     for name, (help_text, handler) in COMMANDS.items():
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -100,6 +121,7 @@ def add_client_commands(subparsers: Any) -> None:
         )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
         parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+        add_connection_arguments(parser)
         if name != "detect":
             parser.add_argument(
                 "--single", action="store_true", help="fail when the image holds several faces"
@@ -112,7 +134,7 @@ def run_client_command(
     args: argparse.Namespace,
 ) -> int:
     try:
-        with VigilClient(args.server, timeout=args.timeout) as client:
+        with VigilClient(timeout=args.timeout, connection=connection_of(args)) as client:
             result, text = handler(client, args)
     except VigilRpcError as error:
         return _fail(1, f"{error.code}: {error.message}")

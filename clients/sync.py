@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import grpc
 
 from clients import _requests as build
+from clients.connection import Connection
 from clients.errors import VigilRpcError
 from clients.results import DetectResult, LivenessResult, TemplateResult, VerifyResult
 from vigil.v1 import instant_pb2, instant_pb2_grpc
@@ -18,14 +19,28 @@ T = TypeVar("T")
 class VigilClient:
     """``with VigilClient("localhost:50051") as client: client.liveness("selfie.jpg")``."""
 
-    def __init__(self, target: str = "localhost:50051", timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        timeout: float | None = 30.0,
+        *,
+        api_key: str | None = None,
+        access_token: str | None = None,
+        connection: Connection | None = None,
+    ) -> None:
+        """``target`` and the credential default to VIGIL_SERVER / VIGIL_API_KEY; pass a
+        :class:`Connection` for TLS or mutual TLS."""
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=build.CHANNEL_OPTIONS)
+        self.connection = connection or Connection.from_env(
+            target, api_key=api_key, access_token=access_token
+        )
+        self._metadata = self.connection.metadata
+        self._channel = self.connection.channel()
         self._stub = instant_pb2_grpc.InstantStub(self._channel)
 
     def _call(self, method: Callable[..., Any], request: Any, convert: Callable[[Any], T]) -> T:
         try:
-            return convert(method(request, timeout=self.timeout))
+            return convert(method(request, timeout=self.timeout, metadata=self._metadata))
         except grpc.RpcError as error:
             raise VigilRpcError.from_grpc(error) from None
 

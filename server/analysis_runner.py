@@ -18,12 +18,13 @@ from inference.errors import VigilError
 from inference.models import similarity_from_distance
 from server.context import AppContext
 from server.folders_converters import face_json
+from server.video_analyses import video_best, video_liveness_result
+from server.video_service import video_liveness
 from storage.analyses import aggregate
 from storage.tables import Analysis, Media
 
 SELFIE_PREFIXES = ("photo_selfie", "video_selfie")
 ID_BACK = "photo_id_back"
-VIDEO_LATER = "video analysis is not supported yet (images only in this release)"
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Outcome:
     error: str = ""
     #: BEST_SHOT: the media to create (copy of ``source``'s blob), tagged best_shot.
     best_shot_of: Media | None = None
+    #: BEST_SHOT of a video: the new image's bytes (JPEG of the best frame), stored as a new blob.
+    best_shot_jpeg: bytes | None = None
 
 
 def _ref(spec: Any) -> dict[str, str]:
@@ -66,6 +69,7 @@ class AnalysisRunner:
     def __init__(self, app: AppContext) -> None:
         self.app = app
         self.settings = app.settings
+        self.video = video_liveness(app.engine, app.settings)
 
     async def run(self, analysis: Analysis, media: list[Media]) -> Outcome:
         handler = {
@@ -99,8 +103,9 @@ class AnalysisRunner:
         results: list[dict[str, Any]] = []
         for item in targets:
             result: dict[str, Any] = {"media_id": item.id}
-            if item.media_type != "IMAGE":
-                results.append({**result, "resolution": "FAILED", "error": VIDEO_LATER})
+            if item.media_type == "VIDEO":
+                data = await self._bytes(item)
+                results.append(await video_liveness_result(self.video, item, data, threshold))
                 continue
             try:
                 subject, verdict = await self.app.engine.liveness(await self._bytes(item))
@@ -127,10 +132,11 @@ class AnalysisRunner:
         found: list[tuple[Media, np.ndarray, dict[str, Any]]] = []
         skipped: list[dict[str, Any]] = []
         for item in media:
-            if item.media_type != "IMAGE":
-                skipped.append({"media_id": item.id, "resolution": "FAILED", "error": VIDEO_LATER})
-                continue
             try:
+                if item.media_type == "VIDEO":  # a video's face is its best shot's
+                    _, embedding, face = await video_best(self.video, await self._bytes(item))
+                    found.append((item, embedding, face))
+                    continue
                 result = await self.app.engine.embed(await self._bytes(item))
             except VigilError as exc:
                 skipped.append({"media_id": item.id, "resolution": "FAILED", "error": exc.message})
@@ -225,14 +231,25 @@ class AnalysisRunner:
         return _finish(results + skipped, **meta)
 
     async def best_shot(self, analysis: Analysis, media: list[Media]) -> Outcome:
-        """The best face image: detection confidence times face size (saturating at 224 px)."""
+        """The best face image. Videos first (their best frame by face quality × liveness, saved
+        as a new JPEG); else the images: detection confidence × face size (saturating at 224 px).
+        """
         meta: dict[str, Any] = {"models": [_ref(YUNET)]}
-        candidates = [m for m in media if m.media_type == "IMAGE" and "best_shot" not in m.tags]
-        preferred = [m for m in candidates if _is_selfie(m)] or candidates
-        best: tuple[float, Media, dict[str, Any]] | None = None
+        candidates = [m for m in media if "best_shot" not in m.tags]
+        videos = [m for m in candidates if m.media_type == "VIDEO"]
+        if videos:
+            meta["models"] += [_ref(MINIFASNET_V2), _ref(MINIFASNET_V1SE), _ref(DLIB_RESNET)]
+        pool = videos or [m for m in candidates if m.media_type == "IMAGE"]
+        preferred = [m for m in pool if _is_selfie(m)] or pool
+        best: tuple[float, Media, dict[str, Any], bytes | None] | None = None
         errors = []
         for item in preferred:
             try:
+                if item.media_type == "VIDEO":
+                    shot, _, face = await video_best(self.video, await self._bytes(item))
+                    if best is None or shot.quality > best[0]:
+                        best = (shot.quality, item, face, shot.jpeg)
+                    continue
                 _, faces, _ = await self.app.engine.detect(await self._bytes(item))
             except VigilError as exc:
                 errors.append({"media_id": item.id, "resolution": "FAILED", "error": exc.message})
@@ -243,13 +260,17 @@ class AnalysisRunner:
             top = faces[0]
             quality = top.score * min(1.0, math.sqrt(top.area) / 224.0)
             if best is None or quality > best[0]:
-                best = (quality, item, face_json(top))
+                best = (quality, item, face_json(top), None)
         if best is None:
-            if any(m.media_type != "IMAGE" for m in media):
-                return _failed(VIDEO_LATER, results=errors, **meta)
             return _failed("no media with a face", results=errors, **meta)
-        quality, item, face = best
+        quality, item, face, jpeg = best
         result = {"media_id": item.id, "resolution": "SUCCESS", "score": quality, "face": face}
         return Outcome(
-            "FINISHED", "SUCCESS", [result, *errors], decisive=result, best_shot_of=item, **meta
+            "FINISHED",
+            "SUCCESS",
+            [result, *errors],
+            decisive=result,
+            best_shot_of=item,
+            best_shot_jpeg=jpeg,
+            **meta,
         )

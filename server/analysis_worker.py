@@ -136,6 +136,8 @@ class AnalysisWorkers:
         def on_success(s: Session, analysis: Analysis, folder: Folder) -> None:
             source = outcome.best_shot_of
             if source is not None and best_shot_id is not None:
+                jpeg = outcome.best_shot_jpeg  # a video's best frame: a new blob, then its row
+                key = self.app.blobs.put(jpeg) if jpeg is not None else source.blob_key
                 s.add(
                     Media(
                         id=best_shot_id,
@@ -143,11 +145,11 @@ class AnalysisWorkers:
                         folder_id=source.folder_id,
                         media_type="IMAGE",
                         tags=["best_shot"],
-                        sha256=source.sha256,
-                        size=source.size,
-                        content_type=source.content_type,
+                        sha256=key,
+                        size=len(jpeg) if jpeg is not None else source.size,
+                        content_type="image/jpeg" if jpeg is not None else source.content_type,
                         original_name=f"best_shot_of_{source.id}",
-                        blob_key=source.blob_key,
+                        blob_key=key,
                         source_media_id=source.id,
                     )
                 )

@@ -17,12 +17,15 @@ from inference.batcher import BatcherConfig
 from inference.catalog import DEFAULT_MODELS
 from inference.engine import Engine, EngineConfig
 from inference.media import ImageLimits
+from server.accounts_service import AdminServicer, AuthServicer, OperatorsServicer, VerdictsServicer
 from server.analysis_worker import AnalysisWorkers
+from server.auth import AuthInterceptor
 from server.collections_service import CollectionsServicer
 from server.context import AppContext
 from server.folders_service import FoldersServicer
 from server.instant import InstantServicer
 from server.interceptors import ErrorMappingInterceptor
+from server.security import Security, build_security, server_credentials
 from server.settings import Settings
 from server.webhook_dispatch import WebhookDispatcher
 from server.webhooks_service import WebhooksServicer
@@ -30,6 +33,8 @@ from storage.blobs import LocalBlobStore
 from storage.db import Database, migrate
 from storage.face_index import FaceIndex
 from vigil.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     collections_pb2,
     collections_pb2_grpc,
     folders_pb2,
@@ -43,6 +48,10 @@ from vigil.v1 import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
+    *(
+        auth_pb2.DESCRIPTOR.services_by_name[name].full_name
+        for name in ("Auth", "Admin", "Operators", "Verdicts")
+    ),
     instant_pb2.DESCRIPTOR.services_by_name["Instant"].full_name,
     folders_pb2.DESCRIPTOR.services_by_name["Folders"].full_name,
     collections_pb2.DESCRIPTOR.services_by_name["Collections"].full_name,
@@ -115,6 +124,8 @@ class VigilServer:
         await self.server.stop(self.grace_s)
         for task in self.background:
             await task.stop()
+        if self.app.background_writes:  # audit events still being written
+            await asyncio.gather(*self.app.background_writes, return_exceptions=True)
         await self.app.engine.stop()
         self.app.close()
 
@@ -143,7 +154,11 @@ async def open_app(settings: Settings, engine: Engine | None = None) -> AppConte
     )
 
 
-def _add_services(server: grpc.aio.Server, app: AppContext) -> None:
+def _add_services(server: grpc.aio.Server, app: AppContext, security: Security) -> None:
+    auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(security), server)
+    auth_pb2_grpc.add_AdminServicer_to_server(AdminServicer(security), server)
+    auth_pb2_grpc.add_OperatorsServicer_to_server(OperatorsServicer(security), server)
+    auth_pb2_grpc.add_VerdictsServicer_to_server(VerdictsServicer(security), server)
     instant = InstantServicer(app.engine, app.settings)
     instant_pb2_grpc.add_InstantServicer_to_server(instant, server)
     folders_pb2_grpc.add_FoldersServicer_to_server(FoldersServicer(app), server)
@@ -153,16 +168,18 @@ def _add_services(server: grpc.aio.Server, app: AppContext) -> None:
 
 async def start_server(settings: Settings, engine: Engine | None = None) -> VigilServer:
     """Open the app, then serve on ``settings.port`` with workers running beside."""
+    credentials = server_credentials(settings)  # refuses plaintext unless allowed, before loading
     app = await open_app(settings, engine)
+    security = build_security(app)
     max_message = settings.resolved_max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[ErrorMappingInterceptor(), AuthInterceptor(app, security.authenticator)],
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
         ],
     )
-    _add_services(server, app)
+    _add_services(server, app, security)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -173,7 +190,11 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
         ),
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         await app.engine.stop()
         app.close()
@@ -189,7 +210,13 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
     await health_servicer.set("", serving)
     for name in SERVICE_NAMES:
         await health_servicer.set(name, serving)
-    log.info("vigil serving on %s:%d (backend %s)", settings.host, port, settings.backend)
+    log.info(
+        "vigil serving on %s:%d (%s, backend %s)",
+        settings.host,
+        port,
+        "TLS" if credentials is not None else "plaintext",
+        settings.backend,
+    )
     return VigilServer(server, app, health_servicer, port, settings.shutdown_grace_s, background)
 
 

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clients.admin_cli import add_admin_commands
 from clients.cli import add_client_commands
 from inference import catalog
 from inference.errors import VigilError
+from server.security import InsecureConfiguration
 from server.settings import Settings
 
 
@@ -40,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     except VigilError as error:
         print(f"vigil: cannot start: {error.message}", file=sys.stderr)
         return 1
-    except OSError as error:
+    except (OSError, InsecureConfiguration) as error:
         print(f"vigil: cannot start: {error}", file=sys.stderr)
         return 1
     return 0
@@ -58,6 +60,39 @@ def _worker(args: argparse.Namespace) -> int:
     except VigilError as error:
         print(f"vigil: cannot start: {error.message}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    """Create the first ADMIN API key directly in the database and print it (once)."""
+    from storage import credentials
+    from storage.db import Database, migrate
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.resolved_database_url)
+    try:
+        migrate(database.engine)
+        with database.session() as session:
+            if credentials.count_admins(session=session):
+                if args.if_needed:
+                    return 0
+                print(
+                    "vigil: an administrator exists already; use it to create keys", file=sys.stderr
+                )
+                return 1
+            _, key = credentials.bootstrap_admin(args.company, session=session)
+            session.commit()
+    finally:
+        database.dispose()
+    if args.key_file:
+        path = Path(args.key_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(key + "\n")
+        print(f"admin API key written to {path} (export VIGIL_API_KEY=$(cat {path}))")
+    else:
+        print(key)
     return 0
 
 
@@ -104,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--install-models", action="store_true", help="install missing models from the mirror first"
     )
     serve.set_defaults(handler=_serve)
+
+    admin = sub.add_parser("admin", help="administration").add_subparsers(
+        dest="admin_command", required=True
+    )
+    bootstrap = admin.add_parser("bootstrap", help="create the first ADMIN key and print it once")
+    bootstrap.add_argument("--company", default="operator", help="the operator's company name")
+    bootstrap.add_argument("--key-file", help="write the key to this file (mode 0600) instead")
+    bootstrap.add_argument(
+        "--if-needed", action="store_true", help="do nothing (exit 0) if an administrator exists"
+    )
+    bootstrap.set_defaults(handler=_bootstrap)
+    add_admin_commands(admin)
 
     worker = sub.add_parser("worker", help="run analysis workers only (shares the database queue)")
     worker.set_defaults(handler=_worker)

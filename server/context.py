@@ -16,16 +16,12 @@ import grpc
 from sqlmodel import Session
 
 from inference.engine import Engine
-from inference.errors import InvalidArgument
+from server.principal import current_principal
 from server.settings import Settings
-from storage import folders
 from storage.blobs import LocalBlobStore
 from storage.db import Database
 
 T = TypeVar("T")
-
-#: Until credentials land, the caller names its company in this metadata key (default "default").
-COMPANY_METADATA_KEY = "vigil-company"
 
 
 @dataclass
@@ -45,7 +41,8 @@ class AppContext:
     face_index: Any = None
     #: The loop the server runs on (DB threads use it to wake waiters).
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    _companies: dict[str, str] = field(default_factory=dict)
+    #: Fire-and-forget writes (audit events) still running; kept so they are not collected.
+    background_writes: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def db(self, work: Callable[[Session], T]) -> T:
         """Run ``work(session)`` in a database thread and commit; roll back if it raises."""
@@ -63,19 +60,9 @@ class AppContext:
         return await asyncio.get_running_loop().run_in_executor(self.db_executor, fn, *args)
 
     async def company_id(self, context: grpc.aio.ServicerContext) -> str:
-        """The caller's company id (created on first use)."""
-        name = "default"
-        for key, value in context.invocation_metadata() or ():
-            if key == COMPANY_METADATA_KEY:
-                name = value if isinstance(value, str) else value.decode()
-        if not name or len(name) > 200:
-            raise InvalidArgument(f"{COMPANY_METADATA_KEY} must be 1-200 characters")
-        cached = self._companies.get(name)
-        if cached is not None:
-            return cached
-        company_id = await self.db(lambda s: folders.ensure_company(name, session=s).id)
-        self._companies[name] = company_id
-        return company_id
+        """The company the current call acts in (its credential's, or one staff named)."""
+        principal = current_principal()
+        return principal.acting_company_id or principal.company_id
 
     def close(self) -> None:
         self.db_executor.shutdown(wait=True)

@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from inference.errors import InvalidArgument
+from server.video_result_fields import video_result_fields
 from storage.tables import Analysis, Folder, Media
 from vigil.v1 import common_pb2, folders_pb2
 
@@ -108,6 +109,7 @@ def media_result(data: dict[str, Any]) -> folders_pb2.MediaResult:
         matches=[folders_pb2.CollectionMatch(**match) for match in data.get("matches", [])],
         output_media_id=data.get("output_media_id", ""),
         error=data.get("error", ""),
+        **video_result_fields(data),
     )
 
 

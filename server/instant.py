@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -15,13 +16,17 @@ from inference.types import Subject, Timings
 from server import __version__
 from server import converters as conv
 from server.settings import Settings
-from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
+from server.stream_liveness import stream_liveness
+from server.video_converters import video_liveness_response
+from server.video_service import capture_of, is_video, stream_config, video_liveness
+from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc, video_pb2
 
 
 class InstantServicer(instant_pb2_grpc.InstantServicer):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
+        self.video = video_liveness(engine, settings)
 
     async def Detect(
         self, request: instant_pb2.DetectRequest, context: grpc.aio.ServicerContext
@@ -40,6 +45,10 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
     ) -> instant_pb2.LivenessResponse:
         single = conv.require_single(request.subject_policy)
         data = conv.require_media(request.image, "image")
+        if is_video(data):
+            capture = capture_of(request.capture)
+            video = await self.video.analyze(data, capture, None, single, conv.deadline_of(context))
+            return video_liveness_response(video)
         subject, verdict = await self.engine.liveness(data, single, conv.deadline_of(context))
         threshold = self.engine.config.liveness_threshold
         return instant_pb2.LivenessResponse(
@@ -58,6 +67,15 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
             image=conv.subject_info(subject),
             timings=conv.timings_message(subject.timings),
         )
+
+    async def StreamLiveness(
+        self,
+        requests: AsyncIterator[video_pb2.StreamLivenessRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[video_pb2.StreamLivenessUpdate]:
+        config = stream_config(self.settings)
+        async for update in stream_liveness(self.video, config, requests, context):
+            yield update
 
     async def ExtractTemplate(
         self, request: instant_pb2.TemplateRequest, context: grpc.aio.ServicerContext

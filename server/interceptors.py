@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from inference.errors import VigilError
@@ -28,13 +28,21 @@ ERROR_DOMAIN = "vigil.v1"
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
-def _status_details(code: grpc.StatusCode, message: str, reason: str) -> bytes:
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    return status_pb2.Status(
-        code=code.value[0], message=message, details=[detail]
-    ).SerializeToString()
+def _status_details(code: grpc.StatusCode, exc: VigilError) -> bytes:
+    """google.rpc.Status with an ErrorInfo (the reason) and, when known, a RetryInfo."""
+    details = []
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN))
+    details.append(info)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after * 1e9))
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
+    status = status_pb2.Status(code=code.value[0], message=exc.message, details=details)
+    return status.SerializeToString()
 
 
 class _Outcome:
@@ -67,7 +75,7 @@ async def _abort_for(
         await context.abort(
             code,
             exc.message,
-            trailing_metadata=((_DETAILS_KEY, _status_details(code, exc.message, exc.reason)),),
+            trailing_metadata=((_DETAILS_KEY, _status_details(code, exc)),),
         )
     incident = uuid.uuid4().hex[:12]
     log.error("internal error in %s (incident %s)", outcome.method, incident, exc_info=exc)

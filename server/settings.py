@@ -74,6 +74,36 @@ class Settings(BaseSettings):
     """A face is live when its real probability is at least this."""
     match_distance_threshold: float = 0.6
     """Two faces match when their embedding distance is below this (dlib's own threshold)."""
+    max_video_bytes: int = 32 * 1024 * 1024
+    """Largest video analysed, in bytes (keep it under the gRPC message limit for Instant)."""
+    max_video_duration_s: float = 30.0
+    """Longest video accepted, in seconds (checked on the header, then while decoding)."""
+    max_video_side: int = 4096
+    """Largest video side accepted, in pixels (checked on the header: 8K is refused)."""
+    max_video_frames: int = 1800
+    """Most frames a video may hold (checked on the header, then while decoding)."""
+    video_sample_frames: int = 12
+    """Frames of a video that go to the models, evenly spread: the cost bound per video."""
+    video_sample_fps: float = 0.0
+    """If > 0: sample this many frames per second of video, at most video_sample_frames."""
+    video_min_face_frames: int = 3
+    """Sampled frames (or stream frames) with a face needed for a video verdict."""
+    stream_min_frames: int = 8
+    """Live stream: frames with a face before a verdict may be given."""
+    stream_max_frames: int = 40
+    """Live stream: processed frames after which the verdict is given whatever the certainty."""
+    stream_max_seconds: float = 15.0
+    """Live stream: wall-clock seconds after which the stream ends with a verdict."""
+    stream_no_face_frames: int = 15
+    """Live stream: processed frames without any face after which it ends as NO_FACE."""
+    decline_on_replay: bool = True
+    """Decline a video whose bytes or frames this replica has seen before (replay)."""
+    decline_on_virtual_camera: bool = True
+    """Decline when the capture metadata names a known virtual camera or an emulator."""
+    decline_on_timing: bool = False
+    """Decline on implausible capture timing (too regular/irregular, duplicated frames)."""
+    decline_on_subject_change: bool = True
+    """Decline a video or stream in which the face becomes another person's."""
     database_url: str | None = None
     """SQLAlchemy URL of the database; default SQLite at <data_dir>/vigil.db. PostgreSQL:
     postgresql+psycopg://user:password@host:5432/dbname."""
@@ -101,6 +131,31 @@ class Settings(BaseSettings):
     """Deliveries of one webhook event before it is marked FAILED (backoff doubles from 1 s)."""
     webhook_timeout_s: float = 10.0
     """HTTP timeout of one webhook delivery."""
+    tls_cert_file: Path | None = None
+    """PEM certificate chain of the server; with VIGIL_TLS_KEY_FILE turns TLS on."""
+    tls_key_file: Path | None = None
+    """PEM private key of the server certificate."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."""
+    allow_plaintext: bool = False
+    """Serve without TLS although credentials travel in the calls (local use only)."""
+    signing_key_file: Path | None = None
+    """Ed25519 private key (PEM) that signs access tokens and verdicts; default
+    <data_dir>/signing_key.pem, created on first start. Replicas must share it."""
+    access_token_ttl_s: float = 900.0
+    """Lifetime of a person's access token."""
+    refresh_token_ttl_s: float = 30 * 24 * 3600.0
+    """Lifetime of a refresh token (each is single use)."""
+    verdict_ttl_s: float = 3600.0
+    """Lifetime of a signed verdict."""
+    rate_limit_per_s: float = 100.0
+    """Calls per second each credential may make (bursts up to VIGIL_RATE_LIMIT_BURST); 0 = off."""
+    rate_limit_burst: float = 200.0
+    """Burst size of the per-credential rate limit."""
+    auth_max_failures: int = 10
+    """Failed authentications from one address before it is locked out."""
+    auth_lockout_s: float = 300.0
+    """How long a lockout lasts (and the window failures are counted in)."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM, how long in-flight calls may take to finish before they are cancelled."""
     log_level: str = "INFO"
@@ -117,6 +172,14 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_dir(self) -> Path:
         return self.blob_dir or self.data_dir / "blobs"
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        return self.signing_key_file or self.data_dir / "signing_key.pem"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None and self.tls_key_file is not None
 
     @property
     def resolved_engine_cache_dir(self) -> Path:

@@ -98,6 +98,10 @@ class Analysis(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    #: An operator's decision on an OPERATOR_REQUIRED result: who, when, why.
+    decided_by: str | None = Field(default=None, max_length=100)
+    decided_at: datetime | None = None
+    decision_comment: str = Field(default="", max_length=2000)
 
 
 class Collection(SQLModel, table=True):
@@ -155,3 +159,55 @@ class WebhookDelivery(SQLModel, table=True):
     lease_expires_at: datetime | None = None
     next_attempt_at: datetime = Field(default_factory=utcnow)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class User(SQLModel, table=True):
+    """A person who logs in (email + password) for short-lived access tokens."""
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    company_id: str = Field(foreign_key="company.id", max_length=32, index=True)
+    email: str = Field(unique=True, max_length=320)
+    password_hash: str = Field(max_length=256)
+    role: str = Field(max_length=32)
+    result_mode: str = Field(default="FULL", max_length=8)
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    """A service credential. Only the SHA-256 of the secret part is stored."""
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    company_id: str = Field(foreign_key="company.id", max_length=32, index=True)
+    name: str = Field(default="", max_length=200)
+    prefix: str = Field(max_length=16, index=True)
+    secret_hash: str = Field(max_length=64)
+    role: str = Field(max_length=32)
+    result_mode: str = Field(default="FULL", max_length=8)
+    created_by: str = Field(default="", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class RefreshToken(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    user_id: str = Field(foreign_key="user.id", max_length=32, index=True, ondelete="CASCADE")
+    token_hash: str = Field(max_length=64, unique=True)
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who did what to which object. Never the media, a template or a credential."""
+
+    __table_args__ = (Index("ix_audit_company_at", "company_id", "at", "id"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    at: datetime = Field(default_factory=utcnow)
+    company_id: str = Field(max_length=32)
+    actor: str = Field(max_length=100)
+    method: str = Field(max_length=100)
+    object_type: str = Field(default="", max_length=32)
+    object_id: str = Field(default="", max_length=64)
+    status: str = Field(max_length=32)

@@ -65,7 +65,35 @@ class ServerThread:
         self.ready.wait(120)
         if self.error is not None:
             raise self.error
+        self.admin_key = self.new_key("ADMIN")
         return self
+
+    def new_key(self, role: str, result_mode: str = "FULL", company: str = "operator") -> str:
+        """A fresh API key of ``role`` in ``company`` (created if needed), made in the database."""
+        from storage import credentials, folders
+
+        app = self.running.app
+
+        def work(session):  # type: ignore[no-untyped-def]
+            company_id = folders.ensure_company(company, session=session).id
+            _, key = credentials.create_api_key(
+                f"test {role}",
+                role,
+                result_mode,
+                company_id=company_id,
+                created_by="tests",
+                expires_at=None,
+                session=session,
+            )
+            return key
+
+        return self.call(lambda: app.db(work))
+
+    def channel(self, key: str | None = None, **options: object) -> grpc.Channel:
+        """A channel to this server whose calls carry ``key`` (default: an ADMIN key)."""
+        from clients.connection import Connection, authenticated_channel
+
+        return authenticated_channel(Connection(self.address, api_key=key or self.admin_key))
 
     @property
     def address(self) -> str:
@@ -93,6 +121,9 @@ def make_settings(models_dir: Path, **overrides: object) -> Settings:
         "data_dir": models_dir.parent / f"var-{uuid.uuid4().hex[:8]}",
         "shutdown_grace_s": 5.0,
         "intra_op_threads": 1,
+        "allow_plaintext": True,
+        "rate_limit_per_s": 0.0,
+        "auth_max_failures": 100_000,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -184,27 +215,22 @@ def api_server(request: pytest.FixtureRequest) -> ServerThread:
 
 @pytest.fixture
 def company() -> tuple[tuple[str, str], ...]:
-    """Call metadata naming a company of this test's own, so tests never see each other's rows."""
+    """Call metadata naming a company of this test's own, so tests never see each other's rows.
+
+    The channels carry an ADMIN key, and an ADMIN may act in any company by naming it.
+    """
     return (("vigil-company", f"test-{uuid.uuid4().hex[:12]}"),)
 
 
 @pytest.fixture
 def api_channel(api_server: ServerThread) -> Iterator[grpc.Channel]:
-    options = [
-        ("grpc.max_send_message_length", 128 << 20),
-        ("grpc.max_receive_message_length", 128 << 20),
-    ]
-    with grpc.insecure_channel(api_server.address, options=options) as ch:
+    with api_server.channel() as ch:
         yield ch
 
 
 @pytest.fixture(scope="session")
 def channel(server: ServerThread) -> Iterator[grpc.Channel]:
-    options = [
-        ("grpc.max_send_message_length", 128 << 20),
-        ("grpc.max_receive_message_length", 128 << 20),
-    ]
-    with grpc.insecure_channel(server.address, options=options) as ch:
+    with server.channel() as ch:
         yield ch
 
 

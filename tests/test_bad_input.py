@@ -266,8 +266,7 @@ def small_server(models_dir) -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def small_stub(small_server) -> Iterator[instant_pb2_grpc.InstantStub]:
-    options = [("grpc.max_send_message_length", 64 << 20)]
-    with grpc.insecure_channel(small_server.address, options=options) as channel:
+    with small_server.channel() as channel:
         yield instant_pb2_grpc.InstantStub(channel)
 
 

@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+
+from clients.connection import Connection, authenticated_channel
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,12 +29,14 @@ MIRROR = Path(os.environ.get("VIGIL_MODEL_MIRROR") or SHARED / "models")
 
 
 @pytest.fixture
-def env(models_dir, tmp_path) -> dict[str, str]:
+def env(models_dir, tmp_path, server) -> dict[str, str]:
     values = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     values.update(
         VIGIL_MODELS_DIR=str(models_dir),
         VIGIL_DATA_DIR=str(tmp_path / "var"),
         VIGIL_INTRA_OP_THREADS="1",
+        VIGIL_ALLOW_PLAINTEXT="true",
+        VIGIL_API_KEY=server.admin_key,  # the session server's; `vigil serve` tests bootstrap their own
     )
     return values
 
@@ -184,7 +188,11 @@ def test_serve_health_metrics_and_sigterm(env, tmp_path) -> None:
     )  # fmt: skip
     try:
         wait_serving(address, proc)
-        with grpc.insecure_channel(address) as channel:
+        key_file = tmp_path / "admin.key"
+        done = vigil("admin", "bootstrap", "--key-file", str(key_file), env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        connection = Connection(address, api_key=key_file.read_text().strip())
+        with authenticated_channel(connection) as channel:
             stub = instant_pb2_grpc.InstantStub(channel)
             image = common_pb2.Media(data=(FACES / "obama.jpg").read_bytes())
             assert stub.CheckLiveness(instant_pb2.LivenessRequest(image=image), timeout=30).live

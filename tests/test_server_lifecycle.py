@@ -95,7 +95,7 @@ def test_graceful_shutdown(models_dir) -> None:
     pairs = [("obama.jpg", "obama3.jpg"), ("obama3.jpg", "biden.jpg"), ("obama2.jpg", "obama3.jpg")]
     stopping = None
     try:
-        with grpc.insecure_channel(running.address) as channel:
+        with running.channel() as channel:
             stub = instant_pb2_grpc.InstantStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
             watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
@@ -115,7 +115,7 @@ def test_graceful_shutdown(models_dir) -> None:
                 except grpc.RpcError as error:
                     refused = error
             assert refused is not None and refused.code() == grpc.StatusCode.UNAVAILABLE
-            with grpc.insecure_channel(running.address) as fresh:
+            with running.channel() as fresh:
                 with pytest.raises(grpc.RpcError) as caught:
                     instant_pb2_grpc.InstantStub(fresh).GetServerInfo(
                         instant_pb2.GetServerInfoRequest(), timeout=5
@@ -179,7 +179,7 @@ def test_failed_start_up_leaves_no_thread_behind(tmp_path) -> None:
 
 
 async def test_async_client(server) -> None:
-    async with clients.AsyncVigilClient(server.address, timeout=30) as client:
+    async with clients.AsyncVigilClient(server.address, timeout=30, api_key=server.admin_key) as client:
         live, spoof, found, made = await asyncio.gather(
             client.liveness(FACES / "obama.jpg"),
             client.liveness(str(SPOOF / "image_F1.jpg")),
@@ -206,7 +206,7 @@ async def test_async_client(server) -> None:
 
 
 def test_sync_client_error_carries_reason(server) -> None:
-    with clients.VigilClient(server.address, timeout=30) as client:
+    with clients.VigilClient(server.address, timeout=30, api_key=server.admin_key) as client:
         assert client.liveness(FACES / "obama.jpg").live
         with pytest.raises(clients.VigilRpcError) as caught:
             client.verify(FACES / "obama.jpg", clients.Template([0.0] * 3, "dlib-resnet", "v1"))

@@ -813,7 +813,7 @@ def test_private_targets_are_refused_unless_allowed(
         make_settings(models_dir, data_dir=tmp_path, webhook_allow_private=False)
     ).start()
     try:
-        with grpc.insecure_channel(server.address) as channel:
+        with server.channel() as channel:
             stub = webhooks_pb2_grpc.WebhooksStub(channel)
             for url in (receiver.url, "http://localhost/", "http://10.0.0.7/", "http://[::1]/"):
                 with pytest.raises(grpc.RpcError) as caught:
@@ -828,11 +828,12 @@ def test_private_targets_are_refused_unless_allowed(
             app = server.running.app
 
             def subscribe(s: Any) -> None:
-                company_id = folders.ensure_company("default", session=s).id
+                # the company of the channel's key (see tests/conftest.py ServerThread.new_key)
+                company_id = folders.ensure_company("operator", session=s).id
                 s.add(Webhook(company_id=company_id, url=receiver.url + "/", secret="x" * 43))
 
             server.call(lambda: app.db(subscribe))
-            folder_id, _ = _folder_event(server, "default")
+            folder_id, _ = _folder_event(server, "operator")
             deadline = time.monotonic() + 10
             while True:
                 (delivery,) = stub.ListDeliveries(

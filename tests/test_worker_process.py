@@ -42,7 +42,7 @@ def test_a_separate_worker_process_runs_the_queued_analyses(
     )
     worker = None
     try:
-        with grpc.insecure_channel(server.address) as channel:
+        with server.channel() as channel:
             stub = folders_pb2_grpc.FoldersStub(channel)
             folder = stub.CreateFolder(fp.CreateFolderRequest())
 

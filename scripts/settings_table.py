@@ -1,0 +1,35 @@
+"""Rewrites the configuration table in README.md from server/settings.py (`make docs`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
+
+from server.settings import Settings  # noqa: E402
+
+HEADER = "| variable | default | meaning |\n| --- | --- | --- |\n"
+
+
+def table() -> str:
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = "number of cores" if field.default_factory is not None else field.default
+        default = "unset" if default is None else default
+        text = " ".join((field.description or "").split()).replace("``", "`").replace("|", "\\|")
+        rows.append(f"| `VIGIL_{name.upper()}` | `{default}` | {text} |")
+    return HEADER + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start = text.index(HEADER)
+    end = text.index("\n\n", start)
+    readme.write_text(text[:start] + table() + text[end + 1 :])
+
+
+if __name__ == "__main__":
+    main()
