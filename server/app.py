@@ -113,6 +113,7 @@ class VigilServer:
     port: int
     grace_s: float
     background: list[Background] = field(default_factory=list)
+    security: Security | None = None
 
     @property
     def engine(self) -> Engine:
@@ -217,7 +218,9 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
         "TLS" if credentials is not None else "plaintext",
         settings.backend,
     )
-    return VigilServer(server, app, health_servicer, port, settings.shutdown_grace_s, background)
+    return VigilServer(
+        server, app, health_servicer, port, settings.shutdown_grace_s, background, security
+    )
 
 
 async def work_forever(settings: Settings) -> None:
