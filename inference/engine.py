@@ -7,9 +7,10 @@ the per-face models run through one :class:`Batcher` each so concurrent requests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from inference import align
+from inference import align, metrics
 from inference.backends import BackendOptions, LoadedModel, get_backend
 from inference.batcher import Batcher, BatcherConfig
 from inference.catalog import (
@@ -30,7 +31,7 @@ from inference.catalog import (
     verify_installed,
 )
 from inference.detector import YuNetDetector
-from inference.errors import FaceNotFound, InvalidTemplate, MultipleFaces, Unavailable
+from inference.errors import FaceNotFound, InvalidTemplate, MultipleFaces, Overloaded, Unavailable
 from inference.media import DecodedImage, ImageLimits, decode_image
 from inference.models import (
     chips_to_tensor,
@@ -66,6 +67,8 @@ class EngineConfig:
     batching: dict[str, BatcherConfig] = field(default_factory=dict)
     #: Parallel YuNet instances (its ONNX has a fixed batch of 1).
     detector_instances: int = 2
+    #: Images the Instant API may hold at once before it refuses new ones (0: no limit).
+    max_inflight_images: int = 64
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Engine:
         self.batchers: dict[str, Batcher] = {}
         self.detector: YuNetDetector | None = None
         self._started = False
+        self._inflight = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -156,6 +160,25 @@ class Engine:
     def model_spec(self, name: str) -> ModelSpec:
         return self.models[name].spec
 
+    @contextlib.asynccontextmanager
+    async def admission(self, images: int = 1) -> AsyncIterator[None]:
+        """Admit a request of ``images`` images, or refuse it at once when the engine already
+        holds ``max_inflight_images``: excess load gets RESOURCE_EXHAUSTED before any decoding,
+        and the latency of admitted requests stays bounded."""
+        limit = self.config.max_inflight_images
+        if limit and self._inflight + images > limit:
+            metrics.ADMISSION_REJECTED.inc()
+            raise Overloaded(
+                f"the server is at capacity ({self._inflight} images in flight); retry later"
+            )
+        self._inflight += images
+        metrics.INFLIGHT.set(self._inflight)
+        try:
+            yield
+        finally:
+            self._inflight -= images
+            metrics.INFLIGHT.set(self._inflight)
+
     # ---- stages ----------------------------------------------------------------------------
     def _require_started(self) -> None:
         if not self._started:
@@ -173,15 +196,15 @@ class Engine:
     async def detect_faces(
         self, image: DecodedImage, timings: Timings, deadline: float | None = None
     ) -> list[Face]:
+        """Faces of an already decoded image (video frames), largest first."""
         self._require_started()
-        started = time.perf_counter()
         detector = self.detector
         assert detector is not None
+        started = time.perf_counter()
         tensor, factor = await self._in_thread(detector.prepare, image.bgr)
         row, queued = await self.batchers[YUNET.name].submit({"input": tensor[0]}, deadline)
-        outputs = {name: value[None] for name, value in row.items()}
-        input_hw = (tensor.shape[2], tensor.shape[3])
-        faces = detector.postprocess(outputs, input_hw, factor, (image.width, image.height))
+        input_hw = (int(tensor.shape[2]), int(tensor.shape[3]))
+        faces = await self._in_thread(self._faces_of, image, row, input_hw, factor, None)
         timings.detect_ms += (time.perf_counter() - started) * 1000
         timings.queue_ms += queued * 1000
         return faces
@@ -193,9 +216,60 @@ class Engine:
         timings: Timings,
         deadline: float | None = None,
     ) -> tuple[DecodedImage, Subject]:
-        """Decode, detect, and pick the subject (largest face) or raise NO_FACE / MULTIPLE_FACES."""
-        image = await self.decode(data, timings)
-        faces = await self.detect_faces(image, timings, deadline)
+        """Decode, detect, and pick the subject (largest face) or raise NO_FACE / MULTIPLE_FACES.
+
+        Three thread hops only: decode + detector input, YuNet, then post-processing + subject.
+        """
+        image, faces = await self._locate(data, timings, deadline, require_single)
+        subject = Subject(
+            faces[0], len(faces), image.content_type, image.width, image.height, timings
+        )
+        return image, subject
+
+    async def _locate(
+        self,
+        data: bytes,
+        timings: Timings,
+        deadline: float | None,
+        require_single: bool | None,
+    ) -> tuple[DecodedImage, list[Face]]:
+        """Decode and detect; with ``require_single`` not None, also insist on a subject."""
+        self._require_started()
+        detector = self.detector
+        assert detector is not None
+        image, tensor, factor, decode_s, prepare_s = await self._in_thread(
+            self._decode_prepare, data
+        )
+        timings.decode_ms += decode_s * 1000
+        started = time.perf_counter()
+        row, queued = await self.batchers[YUNET.name].submit({"input": tensor[0]}, deadline)
+        input_hw = (int(tensor.shape[2]), int(tensor.shape[3]))
+        faces = await self._in_thread(self._faces_of, image, row, input_hw, factor, require_single)
+        timings.detect_ms += prepare_s * 1000 + (time.perf_counter() - started) * 1000
+        timings.queue_ms += queued * 1000
+        return image, faces
+
+    def _decode_prepare(self, data: bytes) -> tuple[DecodedImage, np.ndarray, float, float, float]:
+        started = time.perf_counter()
+        image = decode_image(data, self.config.image_limits)
+        decoded = time.perf_counter()
+        assert self.detector is not None
+        tensor, factor = self.detector.prepare(image.bgr)
+        return image, tensor, factor, decoded - started, time.perf_counter() - decoded
+
+    def _faces_of(
+        self,
+        image: DecodedImage,
+        row: dict[str, np.ndarray],
+        input_hw: tuple[int, int],
+        factor: float,
+        require_single: bool | None,
+    ) -> list[Face]:
+        assert self.detector is not None
+        outputs = {name: value[None] for name, value in row.items()}
+        faces = self.detector.postprocess(outputs, input_hw, factor, (image.width, image.height))
+        if require_single is None:
+            return faces
         if not faces:
             raise FaceNotFound(
                 f"no face found in the {image.width}×{image.height} image "
@@ -203,10 +277,7 @@ class Engine:
             )
         if require_single and len(faces) > 1:
             raise MultipleFaces(f"{len(faces)} faces found; the request requires exactly one")
-        subject = Subject(
-            faces[0], len(faces), image.content_type, image.width, image.height, timings
-        )
-        return image, subject
+        return faces
 
     async def _run_face_model(
         self, spec: ModelSpec, tensor: np.ndarray, timings: Timings, deadline: float | None
@@ -221,8 +292,7 @@ class Engine:
     ) -> tuple[DecodedImage, list[Face], Timings]:
         timings = Timings()
         started = time.perf_counter()
-        image = await self.decode(data, timings)
-        faces = await self.detect_faces(image, timings, deadline)
+        image, faces = await self._locate(data, timings, deadline, None)
         timings.total_ms = (time.perf_counter() - started) * 1000
         return image, faces, timings
 

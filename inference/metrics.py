@@ -36,3 +36,8 @@ EXPIRED = Counter(
     ["model"],
 )
 BATCH_FAILURES = Counter("vigil_model_batch_failures_total", "Backend calls that raised", ["model"])
+
+INFLIGHT = Gauge("vigil_inflight_images", "Images the Instant API holds in the engine right now")
+ADMISSION_REJECTED = Counter(
+    "vigil_admission_rejected_total", "Instant API requests refused because the engine was full"
+)

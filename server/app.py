@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from inference.backends import BackendOptions
 from inference.batcher import BatcherConfig
-from inference.catalog import DEFAULT_MODELS
+from inference.catalog import DEFAULT_MODELS, YUNET
 from inference.engine import Engine, EngineConfig
 from inference.media import ImageLimits
 from server.accounts_service import AdminServicer, AuthServicer, OperatorsServicer, VerdictsServicer
@@ -70,6 +70,13 @@ def engine_config(settings: Settings) -> EngineConfig:
         for spec in DEFAULT_MODELS
         if not spec.fixed_batch
     }
+    # YuNet's ONNX has a fixed batch of 1: parallel instances instead of batches.
+    batching[YUNET.name] = BatcherConfig(
+        max_batch_size=1,
+        max_queue_delay_s=0.0,
+        max_queue_size=settings.max_queue_size,
+        instances=settings.detector_instances,
+    )
     return EngineConfig(
         models_dir=settings.resolved_models_dir,
         backend=settings.backend,
@@ -92,6 +99,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         match_distance_threshold=settings.match_distance_threshold,
         batching=batching,
         detector_instances=settings.detector_instances,
+        max_inflight_images=settings.max_inflight_images,
     )
 
 

@@ -32,7 +32,8 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
         self, request: instant_pb2.DetectRequest, context: grpc.aio.ServicerContext
     ) -> instant_pb2.DetectResponse:
         data = conv.require_media(request.image, "image")
-        image, faces, timings = await self.engine.detect(data, conv.deadline_of(context))
+        async with self.engine.admission():
+            image, faces, timings = await self.engine.detect(data, conv.deadline_of(context))
         return instant_pb2.DetectResponse(
             faces=[conv.face_message(f) for f in faces],
             image=conv.image_info_of(image),
@@ -49,7 +50,8 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
             capture = capture_of(request.capture)
             video = await self.video.analyze(data, capture, None, single, conv.deadline_of(context))
             return video_liveness_response(video)
-        subject, verdict = await self.engine.liveness(data, single, conv.deadline_of(context))
+        async with self.engine.admission():
+            subject, verdict = await self.engine.liveness(data, single, conv.deadline_of(context))
         threshold = self.engine.config.liveness_threshold
         return instant_pb2.LivenessResponse(
             live=verdict.score >= threshold,
@@ -82,7 +84,8 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
     ) -> instant_pb2.TemplateResponse:
         single = conv.require_single(request.subject_policy)
         data = conv.require_media(request.image, "image")
-        result = await self.engine.embed(data, single, conv.deadline_of(context))
+        async with self.engine.admission():
+            result = await self.engine.embed(data, single, conv.deadline_of(context))
         subject = result.subject
         return instant_pb2.TemplateResponse(
             template=common_pb2.Template(
@@ -109,7 +112,8 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
         if source == "image":
             data = conv.require_media(side.image, f"{name}.image")
             try:
-                result = await self.engine.embed(data, single, deadline)
+                async with self.engine.admission():
+                    result = await self.engine.embed(data, single, deadline)
             except VigilError as exc:
                 exc.message = f"{name}.image: {exc.message}"  # say which side failed
                 raise

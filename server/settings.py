@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     """Largest batch for the per-face models (embedding, liveness); 1 turns batching off."""
     max_queue_delay_ms: float = 0.0
     """How long a batch may wait to fill; 0 takes what is queued now (no added latency)."""
+    max_inflight_images: int = 64
+    """Images the Instant API may hold in the engine at once; beyond, calls get RESOURCE_EXHAUSTED
+    at once, before any decoding (0: no limit)."""
     max_queue_size: int = 256
     """Requests that may wait per model before new ones get RESOURCE_EXHAUSTED."""
     max_image_bytes: int = 20 * 1024 * 1024
