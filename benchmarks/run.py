@@ -28,8 +28,17 @@ from benchmarks.workloads import METHODS, ROOT, WORKLOADS, Images, default_data_
 from vigil.v1 import instant_pb2, instant_pb2_grpc
 
 CONFIGS = (
-    ServerConfig("batching-on", {}, "defaults: per-face models batched up to 32"),
-    ServerConfig("batching-off", {"VIGIL_MAX_BATCH_SIZE": "1"}, "VIGIL_MAX_BATCH_SIZE=1"),
+    # The sweep measures queueing, so admission control is off there (the overload point has it).
+    ServerConfig(
+        "batching-on",
+        {"VIGIL_MAX_INFLIGHT_IMAGES": "0"},
+        "per-face models batched up to 32 (defaults)",
+    ),
+    ServerConfig(
+        "batching-off",
+        {"VIGIL_MAX_BATCH_SIZE": "1", "VIGIL_MAX_INFLIGHT_IMAGES": "0"},
+        "VIGIL_MAX_BATCH_SIZE=1",
+    ),
 )
 
 
@@ -140,6 +149,11 @@ class Progress:
         self.say(f"({self.done}/{self.total}) {label} ...")
 
 
+def metadata_for(args: argparse.Namespace, target: str) -> list[tuple[str, str]]:
+    """--metadata when given, else the key of the server the harness started at ``target``."""
+    return args.metadata or getattr(args, "metadata_by_target", {}).get(target, [])
+
+
 async def sanity_check(target: str, images: Images, metadata: list[tuple[str, str]]) -> None:
     """One call per workload, checked, so a broken server fails loudly before any sweep."""
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
@@ -198,7 +212,7 @@ async def sweep(
                     args.duration,
                     args.warmup,
                     args.timeout,
-                    args.metadata,
+                    metadata_for(args, target),
                     pid,
                 )
                 progress.say(f"    {_summary(result)}")
@@ -222,7 +236,7 @@ async def overload_point(
         2 * args.duration,
         max(args.warmup, args.duration),  # let the queues fill before measuring
         args.timeout,
-        args.metadata,
+        metadata_for(args, target),
         pid,
     )
     progress.say(f"    {_summary(result)}  rejected {result.rejected_share:.0%}")
@@ -252,8 +266,11 @@ async def run_servers(
         configs.append(
             ServerConfig(
                 "overload",
-                {"VIGIL_MAX_QUEUE_SIZE": str(args.overload_queue)},
-                f"VIGIL_MAX_QUEUE_SIZE={args.overload_queue}",
+                {
+                    "VIGIL_MAX_QUEUE_SIZE": str(args.overload_queue),
+                    "VIGIL_MAX_INFLIGHT_IMAGES": str(args.overload_queue),
+                },
+                f"VIGIL_MAX_QUEUE_SIZE=VIGIL_MAX_INFLIGHT_IMAGES={args.overload_queue}",
             )
         )
     # All servers start up front and wait idle while another one is measured.
@@ -273,7 +290,10 @@ async def run_servers(
             )
         for server in servers.values():
             await server.ready()
-            await sanity_check(server.target, images, args.metadata)
+        if not args.metadata:  # each started server has an ADMIN key of its own
+            args.metadata_by_target = {s.target: s.metadata for s in servers.values()}
+        for server in servers.values():
+            await sanity_check(server.target, images, metadata_for(args, server.target))
         sweeping = {c.name: (servers[c.name].target, servers[c.name].pid) for c in CONFIGS}
         run["points"] += await sweep(args, sweeping, requests, progress, after_workload)
         if "overload" in servers:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +72,16 @@ class ServerProcess:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+        self.data_dir = Path(tempfile.mkdtemp(prefix=f"vigil-bench-{config.name}-"))
         env.update(
             VIGIL_MODELS_DIR=str(models_dir.resolve()),
+            VIGIL_DATA_DIR=str(self.data_dir),
             VIGIL_LOG_LEVEL="WARNING",
             VIGIL_METRICS_PORT="0",
+            # A loopback benchmark: plaintext allowed, no per-key rate limit, no workers.
+            VIGIL_ALLOW_PLAINTEXT="true",
+            VIGIL_RATE_LIMIT_PER_S="0",
+            VIGIL_ANALYSIS_WORKERS="0",
         )
         if root != ROOT:  # another checkout: its packages first on the path
             env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "protos")])
@@ -81,6 +89,16 @@ class ServerProcess:
         env.update(config.env)
         self.log_path = log_path
         self._log = log_path.open("wb")
+        key_file = self.data_dir / "admin.key"
+        subprocess.run(
+            [sys.executable, "-m", "server", "admin", "bootstrap", "--key-file", str(key_file)],
+            cwd=root,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        #: Call metadata carrying this server's ADMIN key.
+        self.metadata = [("x-api-key", key_file.read_text().strip())]
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -122,3 +140,4 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)

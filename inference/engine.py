@@ -68,7 +68,7 @@ class EngineConfig:
     #: Parallel YuNet instances (its ONNX has a fixed batch of 1).
     detector_instances: int = 2
     #: Images the Instant API may hold at once before it refuses new ones (0: no limit).
-    max_inflight_images: int = 64
+    max_inflight_images: int = 128
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     """Largest batch for the per-face models (embedding, liveness); 1 turns batching off."""
     max_queue_delay_ms: float = 0.0
     """How long a batch may wait to fill; 0 takes what is queued now (no added latency)."""
-    max_inflight_images: int = 64
+    max_inflight_images: int = 128
     """Images the Instant API may hold in the engine at once; beyond, calls get RESOURCE_EXHAUSTED
     at once, before any decoding (0: no limit)."""
     max_queue_size: int = 256
