@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-dev serve test lint proto proto-check bench models clean
+.PHONY: setup serve test lint proto proto-check bench docs models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ setup: $(STAMP)  ## install vigil and its development tools into .venv
 models: setup  ## install and verify the model files
 	$(BIN)/vigil models install
 
-serve: models  ## install everything and run the server (gRPC :50051, metrics :9095)
-	$(BIN)/vigil serve
+# Local use: plaintext on loopback only, and an ADMIN key made on first start (var/admin.key).
+# In production set VIGIL_TLS_CERT_FILE / VIGIL_TLS_KEY_FILE instead of VIGIL_ALLOW_PLAINTEXT.
+serve: models  ## install everything and run the server (gRPC 127.0.0.1:50051, metrics :9095)
+	$(BIN)/vigil admin bootstrap --if-needed --key-file var/admin.key
+	VIGIL_ALLOW_PLAINTEXT=true $(BIN)/vigil serve --host 127.0.0.1
 
 test: models  ## install everything and run the test suite
 	$(BIN)/python -m pytest
@@ -41,7 +44,11 @@ proto-check: proto  ## fail if the committed generated code is stale
 
 bench: models  ## the benchmark harness (takes minutes); ARGS="--quick" for a smoke run
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m pip install --quiet --no-deps face_recognition  # its dlib comes from dlib-bin
 	$(BIN)/vigil bench $(ARGS)
+
+docs: setup  ## rewrite the configuration table in README.md from server/settings.py
+	$(BIN)/python scripts/settings_table.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
