@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -258,13 +259,22 @@ def test_a_bad_upload_leaves_no_row_and_no_file(stub, company, api_server) -> No
         upload(stub, company, folder.id, truncated)
     assert "truncated" in info.value.details()
 
+    sent = threading.Event()
+    release = threading.Event()
+
     def broken():  # type: ignore[no-untyped-def]
         yield fp.UploadMediaRequest(header=fp.UploadMediaHeader(folder_id=folder.id))
         yield fp.UploadMediaRequest(chunk=read(FACES / "biden.jpg")[:50_000])
-        raise RuntimeError("the client dies mid-upload")
+        sent.set()
+        release.wait(10)  # the client "dies" here: its call is cancelled mid-upload
 
-    with pytest.raises(grpc.RpcError):
-        stub.UploadMedia(broken(), metadata=company)
+    call = stub.UploadMedia.future(broken(), metadata=company)
+    assert sent.wait(10)
+    time.sleep(0.2)  # let the server start receiving
+    call.cancel()
+    release.set()
+    with pytest.raises(grpc.FutureCancelledError):
+        call.result()
     deadline = time.monotonic() + 5  # the server notices the cancellation asynchronously
     while blob_files(api_server) != before and time.monotonic() < deadline:
         time.sleep(0.05)
