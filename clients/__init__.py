@@ -11,6 +11,7 @@ from clients.results import (
     VerifyResult,
 )
 from clients.sync import VigilClient
+from clients.verdicts import Verdict, VerdictError, verify_verdict
 
 __all__ = [
     "AsyncVigilClient",
@@ -19,7 +20,10 @@ __all__ = [
     "LivenessResult",
     "Template",
     "TemplateResult",
+    "Verdict",
+    "VerdictError",
     "VerifyResult",
     "VigilClient",
     "VigilRpcError",
+    "verify_verdict",
 ]

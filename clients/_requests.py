@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from clients.results import Template
-from vigil.v1 import common_pb2, instant_pb2
+from vigil.v1 import auth_pb2, common_pb2, instant_pb2, video_pb2
 
 #: An image as a path or raw bytes, or (for verification) a template.
 ImageLike = str | Path | bytes
@@ -51,6 +52,31 @@ def verify(a: FaceLike, b: FaceLike, require_single_face: bool) -> instant_pb2.V
     return instant_pb2.VerifyRequest(
         a=face_input(a), b=face_input(b), subject_policy=subject_policy(require_single_face)
     )
+
+
+def stream_requests(
+    frames: Iterable[tuple[bytes, float]],
+    camera_label: str = "",
+    device: str = "",
+    require_single_face: bool = False,
+) -> Iterator[video_pb2.StreamLivenessRequest]:
+    """The live stream's messages: a start, then each (encoded frame, capture time in ms)."""
+    capture = video_pb2.CaptureInfo(camera_label=camera_label, device=device)
+    start = video_pb2.StreamStart(
+        capture=capture, subject_policy=subject_policy(require_single_face)
+    )
+    yield video_pb2.StreamLivenessRequest(start=start)
+    for data, capture_ms in frames:
+        frame = video_pb2.StreamFrame(encoded=data, capture_time_ms=capture_ms)
+        yield video_pb2.StreamLivenessRequest(frame=frame)
+
+
+def get_verdict(folder_id: str, analysis_id: str = "") -> auth_pb2.GetVerdictRequest:
+    return auth_pb2.GetVerdictRequest(folder_id=folder_id, analysis_id=analysis_id)
+
+
+def public_keys() -> auth_pb2.GetPublicKeysRequest:
+    return auth_pb2.GetPublicKeysRequest()
 
 
 #: Client-side limit on messages; the server enforces its own.

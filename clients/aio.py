@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -11,7 +11,8 @@ from clients import _requests as build
 from clients.connection import Connection
 from clients.errors import VigilRpcError
 from clients.results import DetectResult, LivenessResult, TemplateResult, VerifyResult
-from vigil.v1 import instant_pb2, instant_pb2_grpc
+from clients.video_results import StreamUpdate
+from vigil.v1 import auth_pb2, auth_pb2_grpc, instant_pb2, instant_pb2_grpc
 
 T = TypeVar("T")
 
@@ -37,6 +38,7 @@ class AsyncVigilClient:
         self._metadata = self.connection.metadata
         self._channel = self.connection.aio_channel()
         self._stub = instant_pb2_grpc.InstantStub(self._channel)
+        self._verdicts = auth_pb2_grpc.VerdictsStub(self._channel)
 
     async def _call(
         self, method: Callable[..., Awaitable[Any]], request: Any, convert: Callable[[Any], T]
@@ -67,9 +69,38 @@ class AsyncVigilClient:
         request = build.verify(a, b, require_single_face)
         return await self._call(self._stub.Verify, request, VerifyResult.from_proto)
 
+    async def stream_liveness(
+        self,
+        frames: Iterable[tuple[bytes, float]],
+        camera_label: str = "",
+        device: str = "",
+        require_single_face: bool = False,
+    ) -> AsyncIterator[StreamUpdate]:
+        """Send (encoded frame, capture time ms) as they come; yields updates, the last final."""
+        requests = build.stream_requests(frames, camera_label, device, require_single_face)
+        call = self._stub.StreamLiveness(requests, timeout=self.timeout, metadata=self._metadata)
+        try:
+            async for update in call:
+                yield StreamUpdate.from_proto(update)
+        except grpc.RpcError as error:
+            raise VigilRpcError.from_grpc(error) from None
+        finally:
+            call.cancel()  # a consumer that stops early ends the stream
+
     async def server_info(self) -> instant_pb2.ServerInfo:
         return await self._call(
             self._stub.GetServerInfo, instant_pb2.GetServerInfoRequest(), lambda r: r
+        )
+
+    async def get_verdict(self, folder_id: str, analysis_id: str = "") -> auth_pb2.SignedVerdict:
+        """The folder's (or one analysis's) final decision as a signed token to relay."""
+        request = build.get_verdict(folder_id, analysis_id)
+        return await self._call(self._verdicts.GetVerdict, request, lambda r: r)
+
+    async def public_keys(self) -> str:
+        """The JWK set (JSON) that verifies verdicts offline: see :func:`verify_verdict`."""
+        return await self._call(
+            self._verdicts.GetPublicKeys, build.public_keys(), lambda r: r.jwks_json
         )
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from clients.connection import Connection
 from clients.errors import VigilRpcError
 from clients.results import as_json
 from clients.sync import VigilClient
+from clients.video_results import video_declined, video_summary
 
 DEFAULT_SERVER = os.environ.get("VIGIL_SERVER", "localhost:50051")
 
@@ -50,12 +51,14 @@ def _detect(client: VigilClient, args: argparse.Namespace) -> tuple[dict[str, An
 
 
 def _liveness(client: VigilClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    result = as_json(client.liveness(_read(args.file), args.single))
+    result = as_json(client.liveness(_read(args.file), args.single))  # an image or a video
     verdict = "LIVE" if result["live"] else "SPOOF"
+    if result["video"] and video_declined(result["video"]):
+        verdict = "DECLINED"
     return (
         result,
         f"{verdict} score={result['score']:.4f} threshold={result['threshold']:.2f} "
-        f"{_box(result['face'])}",
+        f"{_box(result['face'])}{video_summary(result)}",
     )
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vigil.v1 import common_pb2, instant_pb2
+
+if TYPE_CHECKING:
+    from clients.video_results import VideoDetail
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,13 @@ class LivenessResult:
     face_count: int
     model_scores: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
+    #: Videos: the video, best shot, signals and per-frame detail; None for an image.
+    video: VideoDetail | None = None
 
     @classmethod
     def from_proto(cls, reply: instant_pb2.LivenessResponse) -> LivenessResult:
+        from clients.video_results import video_detail  # imports this module
+
         return cls(
             live=reply.live,
             score=reply.score,
@@ -83,6 +90,7 @@ class LivenessResult:
             face_count=reply.face_count,
             model_scores={m.model.name: m.real_probability for m in reply.models},
             timings=_timings(reply.timings),
+            video=video_detail(reply),
         )
 
 
@@ -126,6 +134,16 @@ class VerifyResult:
 
 def as_json(result: Any) -> dict[str, Any]:
     """A result as a JSON-ready dict (what ``vigil ... --json`` prints)."""
+    import base64
     from dataclasses import asdict
 
-    return asdict(result)
+    def safe(value: Any) -> Any:  # bytes (a best shot's JPEG) as base64
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode()
+        if isinstance(value, dict):
+            return {k: safe(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [safe(v) for v in value]
+        return value
+
+    return safe(asdict(result))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -11,7 +11,8 @@ from clients import _requests as build
 from clients.connection import Connection
 from clients.errors import VigilRpcError
 from clients.results import DetectResult, LivenessResult, TemplateResult, VerifyResult
-from vigil.v1 import instant_pb2, instant_pb2_grpc
+from clients.video_results import StreamUpdate
+from vigil.v1 import auth_pb2, auth_pb2_grpc, instant_pb2, instant_pb2_grpc
 
 T = TypeVar("T")
 
@@ -37,6 +38,7 @@ class VigilClient:
         self._metadata = self.connection.metadata
         self._channel = self.connection.channel()
         self._stub = instant_pb2_grpc.InstantStub(self._channel)
+        self._verdicts = auth_pb2_grpc.VerdictsStub(self._channel)
 
     def _call(self, method: Callable[..., Any], request: Any, convert: Callable[[Any], T]) -> T:
         try:
@@ -61,8 +63,35 @@ class VigilClient:
         request = build.verify(a, b, require_single_face)
         return self._call(self._stub.Verify, request, VerifyResult.from_proto)
 
+    def stream_liveness(
+        self,
+        frames: Iterable[tuple[bytes, float]],
+        camera_label: str = "",
+        device: str = "",
+        require_single_face: bool = False,
+    ) -> Iterator[StreamUpdate]:
+        """Send (encoded frame, capture time ms) as they come; yields updates, the last final."""
+        requests = build.stream_requests(frames, camera_label, device, require_single_face)
+        call = self._stub.StreamLiveness(requests, timeout=self.timeout, metadata=self._metadata)
+        try:
+            for update in call:
+                yield StreamUpdate.from_proto(update)
+        except grpc.RpcError as error:
+            raise VigilRpcError.from_grpc(error) from None
+        finally:
+            call.cancel()  # a consumer that stops early ends the stream
+
     def server_info(self) -> instant_pb2.ServerInfo:
         return self._call(self._stub.GetServerInfo, instant_pb2.GetServerInfoRequest(), lambda r: r)
+
+    def get_verdict(self, folder_id: str, analysis_id: str = "") -> auth_pb2.SignedVerdict:
+        """The folder's (or one analysis's) final decision as a signed token to relay."""
+        request = build.get_verdict(folder_id, analysis_id)
+        return self._call(self._verdicts.GetVerdict, request, lambda r: r)
+
+    def public_keys(self) -> str:
+        """The JWK set (JSON) that verifies verdicts offline: see :func:`verify_verdict`."""
+        return self._call(self._verdicts.GetPublicKeys, build.public_keys(), lambda r: r.jwks_json)
 
     def close(self) -> None:
         self._channel.close()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from clients.admin_cli import add_admin_commands
 from clients.cli import add_client_commands
+from clients.stream import add_stream_command
 from inference import catalog
 from inference.errors import VigilError
-from server.security import InsecureConfiguration
 from server.settings import Settings
 
 
@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from server.app import serve_forever
     from server.metrics import serve_metrics
+    from server.security import InsecureConfiguration  # lazy: keeps `vigil admin` quick
 
     if args.install_models:
         catalog.install(settings.resolved_models_dir, settings.model_mirror)
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench)
 
     add_client_commands(sub)
+    add_stream_command(sub)
     return parser
 
 

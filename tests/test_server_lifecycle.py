@@ -49,7 +49,7 @@ def test_reflection(channel) -> None:
     pool = descriptor_pool.DescriptorPool(database)
     instant = pool.FindServiceByName("vigil.v1.Instant")
     assert {m.name for m in instant.methods} == {
-        "Detect", "CheckLiveness", "ExtractTemplate", "Verify", "GetServerInfo",
+        "Detect", "CheckLiveness", "ExtractTemplate", "Verify", "GetServerInfo", "StreamLiveness",
     }  # fmt: skip
     verify = instant.methods_by_name["Verify"]
     assert verify.input_type.full_name == "vigil.v1.VerifyRequest"
@@ -84,14 +84,14 @@ def test_graceful_shutdown(models_dir) -> None:
         return asyncio.Event()
 
     gate = running.call(make_gate)
-    decode = engine.decode
+    locate = engine._locate  # the first stage of every image: decode + detect
 
-    async def held_decode(data, timings):
+    async def held_locate(data, timings, deadline, require_single):
         arrived.release()
         await gate.wait()
-        return await decode(data, timings)
+        return await locate(data, timings, deadline, require_single)
 
-    engine.decode = held_decode  # type: ignore[method-assign]
+    engine._locate = held_locate  # type: ignore[method-assign]
     pairs = [("obama.jpg", "obama3.jpg"), ("obama3.jpg", "biden.jpg"), ("obama2.jpg", "obama3.jpg")]
     stopping = None
     try:
@@ -221,9 +221,12 @@ def test_sdk_public_names() -> None:
         "LivenessResult",
         "Template",
         "TemplateResult",
+        "Verdict",
+        "VerdictError",
         "VerifyResult",
         "VigilClient",
         "VigilRpcError",
+        "verify_verdict",
     ]
     for name in clients.__all__:
         assert getattr(clients, name).__module__.startswith("clients.")

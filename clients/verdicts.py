@@ -1,0 +1,194 @@
+"""Offline verification of signed verdicts (``Verdicts.GetVerdict``) with the server's JWK set.
+
+A backend that receives a verdict token from a browser checks it here, with no call to vigil::
+
+    jwks = client.public_keys()            # once, then cached (GetPublicKeys)
+    verdict = verify_verdict(token, jwks, expected_folder=folder_id)
+    if verdict.resolution == "SUCCESS": ...
+
+The token is a JWS compact token signed with Ed25519 (``alg`` EdDSA). Only EdDSA is accepted,
+whatever the token's header says; the key is the JWK whose ``kid`` the header names; the issuer
+must be ``vigil`` and the ``typ`` claim ``verdict`` (an access token signed by the same key is not a
+verdict). Needs PyJWT and cryptography: ``pip install 'vigil[verify]'``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+ISSUER = "vigil"
+TOKEN_TYPE = "verdict"
+ALGORITHM = "EdDSA"
+INSTALL_HINT = (
+    "verifying verdicts needs PyJWT and cryptography; install the verify extra: "
+    "pip install 'vigil[verify]'"
+)
+
+
+class VerdictError(ValueError):
+    """A verdict token that must not be trusted; ``reason`` says why in one word.
+
+    Reasons: MALFORMED, ALGORITHM, BAD_JWKS, UNKNOWN_KEY, BAD_SIGNATURE, EXPIRED, NOT_YET_VALID,
+    ISSUER, TYPE, MISSING_CLAIM, WRONG_FOLDER, WRONG_TRANSACTION, INVALID.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verified claims of a signed verdict."""
+
+    folder: str
+    #: The analysis the verdict is about; None for the folder's aggregate resolution.
+    analysis: str | None
+    #: SUCCESS, DECLINED, OPERATOR_REQUIRED or FAILED.
+    resolution: str
+    #: The folder's meta ``transaction_id`` when it had one.
+    transaction_id: str | None
+    company: str
+    issued_at: datetime
+    expires_at: datetime
+    key_id: str = ""
+
+
+def _jwt() -> Any:
+    """PyJWT with its cryptography backend, or an ImportError naming the extra to install."""
+    try:
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: F401
+        from jwt.algorithms import OKPAlgorithm  # noqa: F401  (absent without cryptography)
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return jwt
+
+
+def _keys(jwks: str | bytes | Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    if isinstance(jwks, str | bytes):
+        try:
+            jwks = json.loads(jwks)
+        except ValueError as exc:
+            raise VerdictError("BAD_JWKS", f"the JWK set is not valid JSON ({exc})") from None
+    if not isinstance(jwks, Mapping):
+        raise VerdictError("BAD_JWKS", "the JWK set must be a JSON object")
+    if "kty" in jwks:  # a single JWK
+        return [jwks]
+    keys = jwks.get("keys")
+    if not isinstance(keys, list) or not all(isinstance(k, Mapping) for k in keys):
+        raise VerdictError("BAD_JWKS", 'the JWK set needs a "keys" list of objects')
+    return keys
+
+
+def _public_key(jwt: Any, jwks: str | bytes | Mapping[str, Any], kid: str) -> Any:
+    matching = [k for k in _keys(jwks) if k.get("kid") == kid]
+    if not matching:
+        raise VerdictError("UNKNOWN_KEY", f"no key with kid {kid!r} in the JWK set")
+    jwk = dict(matching[0])
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        raise VerdictError("BAD_JWKS", f"key {kid!r} is not an Ed25519 (OKP) key")
+    if jwk.get("alg", ALGORITHM) != ALGORITHM or jwk.get("use", "sig") != "sig":
+        raise VerdictError("BAD_JWKS", f"key {kid!r} is not an EdDSA signing key")
+    jwk.pop("d", None)  # only ever the public half
+    try:
+        key = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
+    except jwt.PyJWTError as exc:
+        raise VerdictError("BAD_JWKS", f"key {kid!r} cannot be read ({exc})") from None
+    return key
+
+
+def _text(claims: Mapping[str, Any], name: str, required: bool) -> str | None:
+    value = claims.get(name)
+    if value is None or value == "":
+        if required:
+            raise VerdictError("MISSING_CLAIM", f"the verdict has no {name!r} claim")
+        return None
+    if not isinstance(value, str):
+        raise VerdictError("INVALID", f"the verdict's {name!r} claim is not a string")
+    return value
+
+
+def verify_verdict(
+    token: str,
+    jwks: str | bytes | Mapping[str, Any],
+    *,
+    expected_folder: str | None = None,
+    expected_transaction_id: str | None = None,
+    leeway_s: float = 0,
+) -> Verdict:
+    """The claims of ``token`` once its signature, issuer, type and lifetime are checked.
+
+    ``jwks`` is ``GetPublicKeys``' JSON (or its parsed dict). ``expected_folder`` and
+    ``expected_transaction_id``, when given, must equal the token's. ``leeway_s`` allows for clock
+    skew. Raises :class:`VerdictError` on any failure, and ImportError without PyJWT.
+    """
+    jwt = _jwt()
+    if isinstance(token, bytes):
+        token = token.decode("ascii", errors="replace")
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise VerdictError(
+            "MALFORMED", "a verdict is a JWS compact token: header.payload.signature"
+        )
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise VerdictError("MALFORMED", f"the token's header cannot be read ({exc})") from None
+    if header.get("alg") != ALGORITHM:
+        raise VerdictError("ALGORITHM", f"algorithm {header.get('alg')!r} is not {ALGORITHM}")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise VerdictError("UNKNOWN_KEY", "the token names no key (kid)")
+    key = _public_key(jwt, jwks, kid)
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            leeway=leeway_s,
+            options={"require": ["iss", "typ", "iat", "exp"]},
+        )
+    except jwt.InvalidSignatureError:
+        raise VerdictError("BAD_SIGNATURE", "the signature does not verify") from None
+    except jwt.ExpiredSignatureError:
+        raise VerdictError("EXPIRED", "the verdict has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise VerdictError("NOT_YET_VALID", "the verdict is issued in the future") from None
+    except jwt.InvalidIssuerError:
+        raise VerdictError("ISSUER", f"the verdict was not issued by {ISSUER!r}") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise VerdictError("MISSING_CLAIM", f"the verdict has no {exc.claim!r} claim") from None
+    except jwt.DecodeError as exc:
+        raise VerdictError("MALFORMED", f"the token cannot be decoded ({exc})") from None
+    except jwt.PyJWTError as exc:
+        raise VerdictError("INVALID", f"the verdict is not valid ({exc})") from None
+    if claims.get("typ") != TOKEN_TYPE:
+        raise VerdictError("TYPE", f"the token is a {claims.get('typ')!r} token, not a verdict")
+    folder = _text(claims, "folder", True)
+    transaction_id = _text(claims, "transaction_id", False)
+    if expected_folder is not None and folder != expected_folder:
+        raise VerdictError(
+            "WRONG_FOLDER", f"the verdict is about folder {folder!r}, not {expected_folder!r}"
+        )
+    if expected_transaction_id is not None and transaction_id != expected_transaction_id:
+        raise VerdictError(
+            "WRONG_TRANSACTION",
+            f"the verdict's transaction is {transaction_id!r}, not {expected_transaction_id!r}",
+        )
+    assert folder is not None
+    return Verdict(
+        folder=folder,
+        analysis=_text(claims, "analysis", False),
+        resolution=_text(claims, "resolution", True) or "",
+        transaction_id=transaction_id,
+        company=_text(claims, "company", True) or "",
+        issued_at=datetime.fromtimestamp(claims["iat"], UTC),
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        key_id=kid,
+    )
