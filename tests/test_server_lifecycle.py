@@ -179,7 +179,8 @@ def test_failed_start_up_leaves_no_thread_behind(tmp_path) -> None:
 
 
 async def test_async_client(server) -> None:
-    async with clients.AsyncVigilClient(server.address, timeout=30, api_key=server.admin_key) as client:
+    key = server.admin_key
+    async with clients.AsyncVigilClient(server.address, timeout=30, api_key=key) as client:
         live, spoof, found, made = await asyncio.gather(
             client.liveness(FACES / "obama.jpg"),
             client.liveness(str(SPOOF / "image_F1.jpg")),
