@@ -15,12 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-
-from clients.connection import Connection, authenticated_channel
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from clients.connection import Connection, authenticated_channel
 from inference import catalog
 from tests.conftest import FACES, SHARED, SPOOF
 from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
@@ -36,7 +35,7 @@ def env(models_dir, tmp_path, server) -> dict[str, str]:
         VIGIL_DATA_DIR=str(tmp_path / "var"),
         VIGIL_INTRA_OP_THREADS="1",
         VIGIL_ALLOW_PLAINTEXT="true",
-        VIGIL_API_KEY=server.admin_key,  # the session server's; `vigil serve` tests bootstrap their own
+        VIGIL_API_KEY=server.admin_key,  # the session server; `vigil serve` tests make their own
     )
     return values
 

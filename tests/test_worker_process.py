@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
-
 from tests.conftest import FACES, ROOT, ServerThread, make_settings, read
 from vigil.v1 import folders_pb2 as fp
 from vigil.v1 import folders_pb2_grpc
