@@ -204,7 +204,7 @@ class Engine:
         tensor, factor = await self._in_thread(detector.prepare, image.bgr)
         row, queued = await self.batchers[YUNET.name].submit({"input": tensor[0]}, deadline)
         input_hw = (int(tensor.shape[2]), int(tensor.shape[3]))
-        faces = await self._in_thread(self._faces_of, image, row, input_hw, factor, None)
+        faces, _, _ = await self._in_thread(self._faces_of, image, row, input_hw, factor, None)
         timings.detect_ms += (time.perf_counter() - started) * 1000
         timings.queue_ms += queued * 1000
         return faces
@@ -220,7 +220,7 @@ class Engine:
 
         Three thread hops only: decode + detector input, YuNet, then post-processing + subject.
         """
-        image, faces = await self._locate(data, timings, deadline, require_single)
+        image, faces, _ = await self._locate(data, timings, deadline, require_single)
         subject = Subject(
             faces[0], len(faces), image.content_type, image.width, image.height, timings
         )
@@ -232,8 +232,10 @@ class Engine:
         timings: Timings,
         deadline: float | None,
         require_single: bool | None,
-    ) -> tuple[DecodedImage, list[Face]]:
-        """Decode and detect; with ``require_single`` not None, also insist on a subject."""
+        then: Callable[[np.ndarray, Face], Any] | None = None,
+    ) -> tuple[DecodedImage, list[Face], Any]:
+        """Decode and detect; with ``require_single`` not None, also insist on a subject and run
+        ``then(bgr, subject)`` (the model input of the next stage) in the same thread hop."""
         self._require_started()
         detector = self.detector
         assert detector is not None
@@ -244,10 +246,13 @@ class Engine:
         started = time.perf_counter()
         row, queued = await self.batchers[YUNET.name].submit({"input": tensor[0]}, deadline)
         input_hw = (int(tensor.shape[2]), int(tensor.shape[3]))
-        faces = await self._in_thread(self._faces_of, image, row, input_hw, factor, require_single)
-        timings.detect_ms += prepare_s * 1000 + (time.perf_counter() - started) * 1000
+        faces, extra, then_s = await self._in_thread(
+            self._faces_of, image, row, input_hw, factor, require_single, then
+        )
+        timings.detect_ms += (prepare_s + time.perf_counter() - started - then_s) * 1000
+        timings.align_ms += then_s * 1000
         timings.queue_ms += queued * 1000
-        return image, faces
+        return image, faces, extra
 
     def _decode_prepare(self, data: bytes) -> tuple[DecodedImage, np.ndarray, float, float, float]:
         started = time.perf_counter()
@@ -264,12 +269,13 @@ class Engine:
         input_hw: tuple[int, int],
         factor: float,
         require_single: bool | None,
-    ) -> list[Face]:
+        then: Callable[[np.ndarray, Face], Any] | None = None,
+    ) -> tuple[list[Face], Any, float]:
         assert self.detector is not None
         outputs = {name: value[None] for name, value in row.items()}
         faces = self.detector.postprocess(outputs, input_hw, factor, (image.width, image.height))
         if require_single is None:
-            return faces
+            return faces, None, 0.0
         if not faces:
             raise FaceNotFound(
                 f"no face found in the {image.width}×{image.height} image "
@@ -277,7 +283,11 @@ class Engine:
             )
         if require_single and len(faces) > 1:
             raise MultipleFaces(f"{len(faces)} faces found; the request requires exactly one")
-        return faces
+        if then is None:
+            return faces, None, 0.0
+        started = time.perf_counter()
+        extra = then(image.bgr, faces[0])
+        return faces, extra, time.perf_counter() - started
 
     async def _run_face_model(
         self, spec: ModelSpec, tensor: np.ndarray, timings: Timings, deadline: float | None
@@ -292,7 +302,7 @@ class Engine:
     ) -> tuple[DecodedImage, list[Face], Timings]:
         timings = Timings()
         started = time.perf_counter()
-        image, faces = await self._locate(data, timings, deadline, None)
+        image, faces, _ = await self._locate(data, timings, deadline, None)
         timings.total_ms = (time.perf_counter() - started) * 1000
         return image, faces, timings
 
@@ -301,8 +311,13 @@ class Engine:
     ) -> tuple[Subject, LivenessScore]:
         timings = Timings()
         started = time.perf_counter()
-        image, subject = await self.subject(data, require_single, timings, deadline)
-        score = await self.liveness_of(image, subject.face, timings, deadline)
+        image, faces, crops = await self._locate(
+            data, timings, deadline, require_single, then=_liveness_inputs
+        )
+        subject = Subject(
+            faces[0], len(faces), image.content_type, image.width, image.height, timings
+        )
+        score = await self._liveness_from(crops, timings, deadline)
         timings.total_ms = (time.perf_counter() - started) * 1000
         return subject, score
 
@@ -312,6 +327,11 @@ class Engine:
         started = time.perf_counter()
         crops = await self._in_thread(_liveness_tensors, image.bgr, face.box)
         timings.align_ms += (time.perf_counter() - started) * 1000
+        return await self._liveness_from(crops, timings, deadline)
+
+    async def _liveness_from(
+        self, crops: list[np.ndarray], timings: Timings, deadline: float | None
+    ) -> LivenessScore:
         started = time.perf_counter()
         rows = await asyncio.gather(
             *(
@@ -330,8 +350,13 @@ class Engine:
     ) -> EmbeddingResult:
         timings = Timings()
         started = time.perf_counter()
-        image, subject = await self.subject(data, require_single, timings, deadline)
-        embedding = await self.embedding_of(image, subject.face, timings, deadline)
+        image, faces, chip = await self._locate(
+            data, timings, deadline, require_single, then=_chip_input
+        )
+        subject = Subject(
+            faces[0], len(faces), image.content_type, image.width, image.height, timings
+        )
+        embedding = await self._embedding_from(chip, timings, deadline)
         timings.total_ms = (time.perf_counter() - started) * 1000
         return EmbeddingResult(subject, embedding)
 
@@ -341,6 +366,11 @@ class Engine:
         started = time.perf_counter()
         chip = await self._in_thread(_chip_tensor, image.bgr, face.landmarks)
         timings.align_ms += (time.perf_counter() - started) * 1000
+        return await self._embedding_from(chip, timings, deadline)
+
+    async def _embedding_from(
+        self, chip: np.ndarray, timings: Timings, deadline: float | None
+    ) -> np.ndarray:
         started = time.perf_counter()
         row = await self._run_face_model(DLIB_RESNET, chip, timings, deadline)
         timings.embed_ms += (time.perf_counter() - started) * 1000
@@ -378,3 +408,11 @@ def _liveness_tensors(bgr: np.ndarray, box: tuple[float, float, float, float]) -
 
 def _chip_tensor(bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return chips_to_tensor([align.align_chip(bgr, landmarks)])[0]
+
+
+def _liveness_inputs(bgr: np.ndarray, face: Face) -> list[np.ndarray]:
+    return _liveness_tensors(bgr, face.box)
+
+
+def _chip_input(bgr: np.ndarray, face: Face) -> np.ndarray:
+    return _chip_tensor(bgr, face.landmarks)
