@@ -48,7 +48,9 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
         data = conv.require_media(request.image, "image")
         if is_video(data):
             capture = capture_of(request.capture)
-            video = await self.video.analyze(data, capture, None, single, conv.deadline_of(context))
+            deadline = conv.deadline_of(context)
+            async with self.engine.admission(self.video.config.sampling.count):  # its frames
+                video = await self.video.analyze(data, capture, None, single, deadline)
             return video_liveness_response(video)
         async with self.engine.admission():
             subject, verdict = await self.engine.liveness(data, single, conv.deadline_of(context))

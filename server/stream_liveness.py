@@ -123,29 +123,30 @@ async def stream_liveness(
     session = StreamSession(video, config)
     inbox = LatestFrame()
     single = [False]
-    reader = asyncio.get_running_loop().create_task(_read(requests, session, inbox, single))
     limits = video.engine.config.image_limits
-    try:
-        reason: str | None = None
-        while reason is None:
-            item = await inbox.take(session.remaining_s())
-            if item is None:
-                if inbox.closed:
-                    reason = "the client ended the stream"
-                else:
-                    reason = session.decision() or "time limit reached"
-                break
-            index, frame = item
-            image = await video.engine._in_thread(decode_frame, frame, limits)
-            result = await session.add(image, index, frame.capture_time_ms)
-            if single[0] and result.face_count > 1:
-                raise MultipleFaces(f"{result.face_count} faces in frame {index}")
-            reason = session.decision()
-            if reason is None:
-                yield stream_update(session, result)
-        final = await session.finish(reason)
-        yield stream_update(session, None, final)
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+    async with video.engine.admission(1):  # one frame in flight at a time, for the whole stream
+        reader = asyncio.get_running_loop().create_task(_read(requests, session, inbox, single))
+        try:
+            reason: str | None = None
+            while reason is None:
+                item = await inbox.take(session.remaining_s())
+                if item is None:
+                    if inbox.closed:
+                        reason = "the client ended the stream"
+                    else:
+                        reason = session.decision() or "time limit reached"
+                    break
+                index, frame = item
+                image = await video.engine._in_thread(decode_frame, frame, limits)
+                result = await session.add(image, index, frame.capture_time_ms)
+                if single[0] and result.face_count > 1:
+                    raise MultipleFaces(f"{result.face_count} faces in frame {index}")
+                reason = session.decision()
+                if reason is None:
+                    yield stream_update(session, result)
+            final = await session.finish(reason)
+            yield stream_update(session, None, final)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from vigil.v1 import common_pb2 as _common_pb2
+from vigil.v1 import video_pb2 as _video_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -834,6 +835,10 @@ class MediaResult(_message.Message):
     MATCHES_FIELD_NUMBER: _builtins.int
     OUTPUT_MEDIA_ID_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    AGGREGATION_FIELD_NUMBER: _builtins.int
+    SIGNALS_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
     media_id: _builtins.str
     other_media_id: _builtins.str
     """BIOMETRY: the other media of the pair."""
@@ -845,10 +850,21 @@ class MediaResult(_message.Message):
     output_media_id: _builtins.str
     """The new image media (BEST_SHOT)."""
     error: _builtins.str
+    aggregation: _builtins.str
     @_builtins.property
     def face(self) -> _common_pb2.Face: ...
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollectionMatch]: ...
+    @_builtins.property
+    def video(self) -> _video_pb2.VideoInfo:
+        """LIVENESS of a video: the video, the statistic that aggregated its frames, the
+        replay/injection signals and the per-frame detail (FULL results).
+        """
+
+    @_builtins.property
+    def signals(self) -> _containers.RepeatedCompositeFieldContainer[_video_pb2.LivenessSignal]: ...
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[_video_pb2.FrameLiveness]: ...
     def __init__(
         self,
         *,
@@ -862,10 +878,14 @@ class MediaResult(_message.Message):
         matches: _abc.Iterable[Global___CollectionMatch] | None = ...,
         output_media_id: _builtins.str = ...,
         error: _builtins.str = ...,
+        video: _video_pb2.VideoInfo | None = ...,
+        aggregation: _builtins.str = ...,
+        signals: _abc.Iterable[_video_pb2.LivenessSignal] | None = ...,
+        frames: _abc.Iterable[_video_pb2.FrameLiveness] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["face", b"face"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["face", b"face", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "error", b"error", "face", b"face", "face_count", b"face_count", "matches", b"matches", "media_id", b"media_id", "other_media_id", b"other_media_id", "output_media_id", b"output_media_id", "resolution", b"resolution", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "distance", b"distance", "error", b"error", "face", b"face", "face_count", b"face_count", "frames", b"frames", "matches", b"matches", "media_id", b"media_id", "other_media_id", b"other_media_id", "output_media_id", b"output_media_id", "resolution", b"resolution", "score", b"score", "signals", b"signals", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

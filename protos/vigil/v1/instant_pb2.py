@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from vigil.v1 import common_pb2 as vigil_dot_v1_dot_common__pb2
+from vigil.v1 import video_pb2 as vigil_dot_v1_dot_video__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vigil/v1/instant.proto\x12\x08vigil.v1\x1a\x15vigil/v1/common.proto\"/\n\rDetectRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Media\"\x9d\x01\n\x0e\x44\x65tectResponse\x12\x1d\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x0e.vigil.v1.Face\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.vigil.v1.ImageInfo\x12$\n\x08\x64\x65tector\x18\x03 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.vigil.v1.Timings\"b\n\x0fLivenessRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Media\x12/\n\x0esubject_policy\x18\x02 \x01(\x0e\x32\x17.vigil.v1.SubjectPolicy\"Q\n\x12LivenessModelScore\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\x18\n\x10real_probability\x18\x02 \x01(\x02\"\x90\x02\n\x10LivenessResponse\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x1c\n\x04\x66\x61\x63\x65\x18\x04 \x01(\x0b\x32\x0e.vigil.v1.Face\x12\x12\n\nface_count\x18\x05 \x01(\x05\x12,\n\x06models\x18\x06 \x03(\x0b\x32\x1c.vigil.v1.LivenessModelScore\x12$\n\x08\x64\x65tector\x18\x07 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\"\n\x05image\x18\x08 \x01(\x0b\x32\x13.vigil.v1.ImageInfo\x12\"\n\x07timings\x18\t \x01(\x0b\x32\x11.vigil.v1.Timings\"b\n\x0fTemplateRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Media\x12/\n\x0esubject_policy\x18\x02 \x01(\x0e\x32\x17.vigil.v1.SubjectPolicy\"\xfe\x01\n\x10TemplateResponse\x12$\n\x08template\x18\x01 \x01(\x0b\x32\x12.vigil.v1.Template\x12\x1c\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x0e.vigil.v1.Face\x12\x12\n\nface_count\x18\x03 \x01(\x05\x12$\n\x08\x64\x65tector\x18\x04 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12$\n\x08\x65mbedder\x18\x05 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\"\n\x05image\x18\x06 \x01(\x0b\x32\x13.vigil.v1.ImageInfo\x12\"\n\x07timings\x18\x07 \x01(\x0b\x32\x11.vigil.v1.Timings\"_\n\tFaceInput\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.MediaH\x00\x12&\n\x08template\x18\x02 \x01(\x0b\x32\x12.vigil.v1.TemplateH\x00\x42\x08\n\x06source\"\x80\x01\n\rVerifyRequest\x12\x1e\n\x01\x61\x18\x01 \x01(\x0b\x32\x13.vigil.v1.FaceInput\x12\x1e\n\x01\x62\x18\x02 \x01(\x0b\x32\x13.vigil.v1.FaceInput\x12/\n\x0esubject_policy\x18\x03 \x01(\x0e\x32\x17.vigil.v1.SubjectPolicy\"y\n\nVerifySide\x12\x15\n\rfrom_template\x18\x01 \x01(\x08\x12\x1c\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x0e.vigil.v1.Face\x12\x12\n\nface_count\x18\x03 \x01(\x05\x12\"\n\x05image\x18\x04 \x01(\x0b\x32\x13.vigil.v1.ImageInfo\"\xc1\x02\n\x0eVerifyResponse\x12\r\n\x05match\x18\x01 \x01(\x08\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x10\n\x08\x64istance\x18\x03 \x01(\x02\x12\x1a\n\x12\x64istance_threshold\x18\x04 \x01(\x02\x12\x1c\n\x14similarity_threshold\x18\x05 \x01(\x02\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x1f\n\x01\x61\x18\x07 \x01(\x0b\x32\x14.vigil.v1.VerifySide\x12\x1f\n\x01\x62\x18\x08 \x01(\x0b\x32\x14.vigil.v1.VerifySide\x12$\n\x08\x65mbedder\x18\t \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12$\n\x08\x64\x65tector\x18\n \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\"\n\x07timings\x18\x0b \x01(\x0b\x32\x11.vigil.v1.Timings\"\x16\n\x14GetServerInfoRequest\"\xcf\x01\n\tModelInfo\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07licence\x18\x03 \x01(\t\x12\x37\n\nthresholds\x18\x04 \x03(\x0b\x32#.vigil.v1.ModelInfo.ThresholdsEntry\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\x05\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xc4\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12#\n\x06models\x18\x03 \x03(\x0b\x32\x13.vigil.v1.ModelInfo\x12\x1a\n\x12liveness_threshold\x18\x04 \x01(\x02\x12 \n\x18match_distance_threshold\x18\x05 \x01(\x02\x12\x17\n\x0fmax_image_bytes\x18\x06 \x01(\x03\x12\x18\n\x10max_image_pixels\x18\x07 \x01(\x03\x32\xdc\x02\n\x07Instant\x12;\n\x06\x44\x65tect\x12\x17.vigil.v1.DetectRequest\x1a\x18.vigil.v1.DetectResponse\x12\x46\n\rCheckLiveness\x12\x19.vigil.v1.LivenessRequest\x1a\x1a.vigil.v1.LivenessResponse\x12H\n\x0f\x45xtractTemplate\x12\x19.vigil.v1.TemplateRequest\x1a\x1a.vigil.v1.TemplateResponse\x12;\n\x06Verify\x12\x17.vigil.v1.VerifyRequest\x1a\x18.vigil.v1.VerifyResponse\x12\x45\n\rGetServerInfo\x12\x1e.vigil.v1.GetServerInfoRequest\x1a\x14.vigil.v1.ServerInfoB\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vigil/v1/instant.proto\x12\x08vigil.v1\x1a\x15vigil/v1/common.proto\x1a\x14vigil/v1/video.proto\"/\n\rDetectRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Media\"\x9d\x01\n\x0e\x44\x65tectResponse\x12\x1d\n\x05\x66\x61\x63\x65s\x18\x01 \x03(\x0b\x32\x0e.vigil.v1.Face\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.vigil.v1.ImageInfo\x12$\n\x08\x64\x65tector\x18\x03 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\"\n\x07timings\x18\x04 \x01(\x0b\x32\x11.vigil.v1.Timings\"\x8a\x01\n\x0fLivenessRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Media\x12/\n\x0esubject_policy\x18\x02 \x01(\x0e\x32\x17.vigil.v1.SubjectPolicy\x12&\n\x07\x63\x61pture\x18\x03 \x01(\x0b\x32\x15.vigil.v1.CaptureInfo\"Q\n\x12LivenessModelScore\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\x18\n\x10real_probability\x18\x02 \x01(\x02\"\xc4\x03\n\x10LivenessResponse\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x1c\n\x04\x66\x61\x63\x65\x18\x04 \x01(\x0b\x32\x0e.vigil.v1.Face\x12\x12\n\nface_count\x18\x05 \x01(\x05\x12,\n\x06models\x18\x06 \x03(\x0b\x32\x1c.vigil.v1.LivenessModelScore\x12$\n\x08\x64\x65tector\x18\x07 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\"\n\x05image\x18\x08 \x01(\x0b\x32\x13.vigil.v1.ImageInfo\x12\"\n\x07timings\x18\t \x01(\x0b\x32\x11.vigil.v1.Timings\x12\"\n\x05video\x18\n \x01(\x0b\x32\x13.vigil.v1.VideoInfo\x12%\n\tbest_shot\x18\x0b \x01(\x0b\x32\x12.vigil.v1.BestShot\x12)\n\x07signals\x18\x0c \x03(\x0b\x32\x18.vigil.v1.LivenessSignal\x12\x13\n\x0b\x61ggregation\x18\r \x01(\t\x12\'\n\x06\x66rames\x18\x0e \x03(\x0b\x32\x17.vigil.v1.FrameLiveness\"b\n\x0fTemplateRequest\x12\x1e\n\x05image\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.Media\x12/\n\x0esubject_policy\x18\x02 \x01(\x0e\x32\x17.vigil.v1.SubjectPolicy\"\xfe\x01\n\x10TemplateResponse\x12$\n\x08template\x18\x01 \x01(\x0b\x32\x12.vigil.v1.Template\x12\x1c\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x0e.vigil.v1.Face\x12\x12\n\nface_count\x18\x03 \x01(\x05\x12$\n\x08\x64\x65tector\x18\x04 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12$\n\x08\x65mbedder\x18\x05 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\"\n\x05image\x18\x06 \x01(\x0b\x32\x13.vigil.v1.ImageInfo\x12\"\n\x07timings\x18\x07 \x01(\x0b\x32\x11.vigil.v1.Timings\"_\n\tFaceInput\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x0f.vigil.v1.MediaH\x00\x12&\n\x08template\x18\x02 \x01(\x0b\x32\x12.vigil.v1.TemplateH\x00\x42\x08\n\x06source\"\x80\x01\n\rVerifyRequest\x12\x1e\n\x01\x61\x18\x01 \x01(\x0b\x32\x13.vigil.v1.FaceInput\x12\x1e\n\x01\x62\x18\x02 \x01(\x0b\x32\x13.vigil.v1.FaceInput\x12/\n\x0esubject_policy\x18\x03 \x01(\x0e\x32\x17.vigil.v1.SubjectPolicy\"y\n\nVerifySide\x12\x15\n\rfrom_template\x18\x01 \x01(\x08\x12\x1c\n\x04\x66\x61\x63\x65\x18\x02 \x01(\x0b\x32\x0e.vigil.v1.Face\x12\x12\n\nface_count\x18\x03 \x01(\x05\x12\"\n\x05image\x18\x04 \x01(\x0b\x32\x13.vigil.v1.ImageInfo\"\xc1\x02\n\x0eVerifyResponse\x12\r\n\x05match\x18\x01 \x01(\x08\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x10\n\x08\x64istance\x18\x03 \x01(\x02\x12\x1a\n\x12\x64istance_threshold\x18\x04 \x01(\x02\x12\x1c\n\x14similarity_threshold\x18\x05 \x01(\x02\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x1f\n\x01\x61\x18\x07 \x01(\x0b\x32\x14.vigil.v1.VerifySide\x12\x1f\n\x01\x62\x18\x08 \x01(\x0b\x32\x14.vigil.v1.VerifySide\x12$\n\x08\x65mbedder\x18\t \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12$\n\x08\x64\x65tector\x18\n \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\"\n\x07timings\x18\x0b \x01(\x0b\x32\x11.vigil.v1.Timings\"\x16\n\x14GetServerInfoRequest\"\xcf\x01\n\tModelInfo\x12\x1f\n\x03ref\x18\x01 \x01(\x0b\x32\x12.vigil.v1.ModelRef\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07licence\x18\x03 \x01(\t\x12\x37\n\nthresholds\x18\x04 \x03(\x0b\x32#.vigil.v1.ModelInfo.ThresholdsEntry\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\x05\x1a\x31\n\x0fThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xc4\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12#\n\x06models\x18\x03 \x03(\x0b\x32\x13.vigil.v1.ModelInfo\x12\x1a\n\x12liveness_threshold\x18\x04 \x01(\x02\x12 \n\x18match_distance_threshold\x18\x05 \x01(\x02\x12\x17\n\x0fmax_image_bytes\x18\x06 \x01(\x03\x12\x18\n\x10max_image_pixels\x18\x07 \x01(\x03\x32\xb3\x03\n\x07Instant\x12;\n\x06\x44\x65tect\x12\x17.vigil.v1.DetectRequest\x1a\x18.vigil.v1.DetectResponse\x12\x46\n\rCheckLiveness\x12\x19.vigil.v1.LivenessRequest\x1a\x1a.vigil.v1.LivenessResponse\x12U\n\x0eStreamLiveness\x12\x1f.vigil.v1.StreamLivenessRequest\x1a\x1e.vigil.v1.StreamLivenessUpdate(\x01\x30\x01\x12H\n\x0f\x45xtractTemplate\x12\x19.vigil.v1.TemplateRequest\x1a\x1a.vigil.v1.TemplateResponse\x12;\n\x06Verify\x12\x17.vigil.v1.VerifyRequest\x1a\x18.vigil.v1.VerifyResponse\x12\x45\n\rGetServerInfo\x12\x1e.vigil.v1.GetServerInfoRequest\x1a\x14.vigil.v1.ServerInfoB\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,36 +36,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
   _globals['_MODELINFO_THRESHOLDSENTRY']._loaded_options = None
   _globals['_MODELINFO_THRESHOLDSENTRY']._serialized_options = b'8\001'
-  _globals['_DETECTREQUEST']._serialized_start=59
-  _globals['_DETECTREQUEST']._serialized_end=106
-  _globals['_DETECTRESPONSE']._serialized_start=109
-  _globals['_DETECTRESPONSE']._serialized_end=266
-  _globals['_LIVENESSREQUEST']._serialized_start=268
-  _globals['_LIVENESSREQUEST']._serialized_end=366
-  _globals['_LIVENESSMODELSCORE']._serialized_start=368
-  _globals['_LIVENESSMODELSCORE']._serialized_end=449
-  _globals['_LIVENESSRESPONSE']._serialized_start=452
-  _globals['_LIVENESSRESPONSE']._serialized_end=724
-  _globals['_TEMPLATEREQUEST']._serialized_start=726
-  _globals['_TEMPLATEREQUEST']._serialized_end=824
-  _globals['_TEMPLATERESPONSE']._serialized_start=827
-  _globals['_TEMPLATERESPONSE']._serialized_end=1081
-  _globals['_FACEINPUT']._serialized_start=1083
-  _globals['_FACEINPUT']._serialized_end=1178
-  _globals['_VERIFYREQUEST']._serialized_start=1181
-  _globals['_VERIFYREQUEST']._serialized_end=1309
-  _globals['_VERIFYSIDE']._serialized_start=1311
-  _globals['_VERIFYSIDE']._serialized_end=1432
-  _globals['_VERIFYRESPONSE']._serialized_start=1435
-  _globals['_VERIFYRESPONSE']._serialized_end=1756
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1758
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1780
-  _globals['_MODELINFO']._serialized_start=1783
-  _globals['_MODELINFO']._serialized_end=1990
-  _globals['_MODELINFO_THRESHOLDSENTRY']._serialized_start=1941
-  _globals['_MODELINFO_THRESHOLDSENTRY']._serialized_end=1990
-  _globals['_SERVERINFO']._serialized_start=1993
-  _globals['_SERVERINFO']._serialized_end=2189
-  _globals['_INSTANT']._serialized_start=2192
-  _globals['_INSTANT']._serialized_end=2540
+  _globals['_DETECTREQUEST']._serialized_start=81
+  _globals['_DETECTREQUEST']._serialized_end=128
+  _globals['_DETECTRESPONSE']._serialized_start=131
+  _globals['_DETECTRESPONSE']._serialized_end=288
+  _globals['_LIVENESSREQUEST']._serialized_start=291
+  _globals['_LIVENESSREQUEST']._serialized_end=429
+  _globals['_LIVENESSMODELSCORE']._serialized_start=431
+  _globals['_LIVENESSMODELSCORE']._serialized_end=512
+  _globals['_LIVENESSRESPONSE']._serialized_start=515
+  _globals['_LIVENESSRESPONSE']._serialized_end=967
+  _globals['_TEMPLATEREQUEST']._serialized_start=969
+  _globals['_TEMPLATEREQUEST']._serialized_end=1067
+  _globals['_TEMPLATERESPONSE']._serialized_start=1070
+  _globals['_TEMPLATERESPONSE']._serialized_end=1324
+  _globals['_FACEINPUT']._serialized_start=1326
+  _globals['_FACEINPUT']._serialized_end=1421
+  _globals['_VERIFYREQUEST']._serialized_start=1424
+  _globals['_VERIFYREQUEST']._serialized_end=1552
+  _globals['_VERIFYSIDE']._serialized_start=1554
+  _globals['_VERIFYSIDE']._serialized_end=1675
+  _globals['_VERIFYRESPONSE']._serialized_start=1678
+  _globals['_VERIFYRESPONSE']._serialized_end=1999
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=2001
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=2023
+  _globals['_MODELINFO']._serialized_start=2026
+  _globals['_MODELINFO']._serialized_end=2233
+  _globals['_MODELINFO_THRESHOLDSENTRY']._serialized_start=2184
+  _globals['_MODELINFO_THRESHOLDSENTRY']._serialized_end=2233
+  _globals['_SERVERINFO']._serialized_start=2236
+  _globals['_SERVERINFO']._serialized_end=2432
+  _globals['_INSTANT']._serialized_start=2435
+  _globals['_INSTANT']._serialized_end=2870
 # @@protoc_insertion_point(module_scope)

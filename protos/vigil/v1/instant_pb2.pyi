@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from vigil.v1 import common_pb2 as _common_pb2
+from vigil.v1 import video_pb2 as _video_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -79,18 +80,26 @@ class LivenessRequest(_message.Message):
 
     IMAGE_FIELD_NUMBER: _builtins.int
     SUBJECT_POLICY_FIELD_NUMBER: _builtins.int
+    CAPTURE_FIELD_NUMBER: _builtins.int
     subject_policy: _common_pb2.SubjectPolicy.ValueType
     @_builtins.property
-    def image(self) -> _common_pb2.Media: ...
+    def image(self) -> _common_pb2.Media:
+        """An image, or a video (MP4/H.264, MOV, WebM/VP8-VP9): the server sniffs which."""
+
+    @_builtins.property
+    def capture(self) -> _video_pb2.CaptureInfo:
+        """Videos: what the capture client says about its camera (optional)."""
+
     def __init__(
         self,
         *,
         image: _common_pb2.Media | None = ...,
         subject_policy: _common_pb2.SubjectPolicy.ValueType = ...,
+        capture: _video_pb2.CaptureInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "image", b"image"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "subject_policy", b"subject_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "image", b"image", "subject_policy", b"subject_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -135,6 +144,11 @@ class LivenessResponse(_message.Message):
     DETECTOR_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    BEST_SHOT_FIELD_NUMBER: _builtins.int
+    SIGNALS_FIELD_NUMBER: _builtins.int
+    AGGREGATION_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
     live: _builtins.bool
     """True when `score` >= `threshold`."""
     score: _builtins.float
@@ -144,6 +158,7 @@ class LivenessResponse(_message.Message):
     threshold: _builtins.float
     face_count: _builtins.int
     """How many faces the image holds (the subject is the largest)."""
+    aggregation: _builtins.str
     @_builtins.property
     def face(self) -> _common_pb2.Face:
         """The subject's face."""
@@ -156,6 +171,19 @@ class LivenessResponse(_message.Message):
     def image(self) -> _common_pb2.ImageInfo: ...
     @_builtins.property
     def timings(self) -> _common_pb2.Timings: ...
+    @_builtins.property
+    def video(self) -> _video_pb2.VideoInfo:
+        """Videos only: the video, its best shot, the replay/injection signals (a signal that
+        `declines` makes `live` false), the statistic that aggregated the frames' scores, and the
+        per-frame detail (FULL results). `face` is the best shot's face.
+        """
+
+    @_builtins.property
+    def best_shot(self) -> _video_pb2.BestShot: ...
+    @_builtins.property
+    def signals(self) -> _containers.RepeatedCompositeFieldContainer[_video_pb2.LivenessSignal]: ...
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[_video_pb2.FrameLiveness]: ...
     def __init__(
         self,
         *,
@@ -168,10 +196,15 @@ class LivenessResponse(_message.Message):
         detector: _common_pb2.ModelRef | None = ...,
         image: _common_pb2.ImageInfo | None = ...,
         timings: _common_pb2.Timings | None = ...,
+        video: _video_pb2.VideoInfo | None = ...,
+        best_shot: _video_pb2.BestShot | None = ...,
+        signals: _abc.Iterable[_video_pb2.LivenessSignal] | None = ...,
+        aggregation: _builtins.str = ...,
+        frames: _abc.Iterable[_video_pb2.FrameLiveness] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["detector", b"detector", "face", b"face", "image", b"image", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["best_shot", b"best_shot", "detector", b"detector", "face", b"face", "image", b"image", "timings", b"timings", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detector", b"detector", "face", b"face", "face_count", b"face_count", "image", b"image", "live", b"live", "models", b"models", "score", b"score", "threshold", b"threshold", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregation", b"aggregation", "best_shot", b"best_shot", "detector", b"detector", "face", b"face", "face_count", b"face_count", "frames", b"frames", "image", b"image", "live", b"live", "models", b"models", "score", b"score", "signals", b"signals", "threshold", b"threshold", "timings", b"timings", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

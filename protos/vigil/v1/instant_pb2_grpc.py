@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from vigil.v1 import instant_pb2 as vigil_dot_v1_dot_instant__pb2
+from vigil.v1 import video_pb2 as vigil_dot_v1_dot_video__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -49,6 +50,11 @@ class InstantStub:
                 request_serializer=vigil_dot_v1_dot_instant__pb2.LivenessRequest.SerializeToString,
                 response_deserializer=vigil_dot_v1_dot_instant__pb2.LivenessResponse.FromString,
                 _registered_method=True)
+        self.StreamLiveness = channel.stream_stream(
+                '/vigil.v1.Instant/StreamLiveness',
+                request_serializer=vigil_dot_v1_dot_video__pb2.StreamLivenessRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_video__pb2.StreamLivenessUpdate.FromString,
+                _registered_method=True)
         self.ExtractTemplate = channel.unary_unary(
                 '/vigil.v1.Instant/ExtractTemplate',
                 request_serializer=vigil_dot_v1_dot_instant__pb2.TemplateRequest.SerializeToString,
@@ -82,7 +88,16 @@ class InstantServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckLiveness(self, request, context):
-        """Is the subject of the image a live person (not a print, a screen, a mask)?
+        """Is the subject of the image or video a live person (not a print, a screen, a mask)?
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamLiveness(self, request_iterator, context):
+        """Live frames in, running updates out; the last update is the verdict, sent as soon as it is
+        certain (enough frames with a face, or a limit), after which the server closes the stream.
+        Frames that arrive while the server is busy are skipped (counted), never queued.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +136,11 @@ def add_InstantServicer_to_server(servicer, server):
                     servicer.CheckLiveness,
                     request_deserializer=vigil_dot_v1_dot_instant__pb2.LivenessRequest.FromString,
                     response_serializer=vigil_dot_v1_dot_instant__pb2.LivenessResponse.SerializeToString,
+            ),
+            'StreamLiveness': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamLiveness,
+                    request_deserializer=vigil_dot_v1_dot_video__pb2.StreamLivenessRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_video__pb2.StreamLivenessUpdate.SerializeToString,
             ),
             'ExtractTemplate': grpc.unary_unary_rpc_method_handler(
                     servicer.ExtractTemplate,
@@ -197,6 +217,33 @@ class Instant:
             '/vigil.v1.Instant/CheckLiveness',
             vigil_dot_v1_dot_instant__pb2.LivenessRequest.SerializeToString,
             vigil_dot_v1_dot_instant__pb2.LivenessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLiveness(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/vigil.v1.Instant/StreamLiveness',
+            vigil_dot_v1_dot_video__pb2.StreamLivenessRequest.SerializeToString,
+            vigil_dot_v1_dot_video__pb2.StreamLivenessUpdate.FromString,
             options,
             channel_credentials,
             insecure,

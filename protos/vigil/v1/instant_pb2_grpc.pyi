@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from vigil.v1 import instant_pb2 as _instant_pb2
+from vigil.v1 import video_pb2 as _video_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -41,7 +42,12 @@ class InstantStub:
     Detect: _grpc.UnaryUnaryMultiCallable[_instant_pb2.DetectRequest, _instant_pb2.DetectResponse]
     """All faces in an image, largest first. An image without faces is not an error."""
     CheckLiveness: _grpc.UnaryUnaryMultiCallable[_instant_pb2.LivenessRequest, _instant_pb2.LivenessResponse]
-    """Is the subject of the image a live person (not a print, a screen, a mask)?"""
+    """Is the subject of the image or video a live person (not a print, a screen, a mask)?"""
+    StreamLiveness: _grpc.StreamStreamMultiCallable[_video_pb2.StreamLivenessRequest, _video_pb2.StreamLivenessUpdate]
+    """Live frames in, running updates out; the last update is the verdict, sent as soon as it is
+    certain (enough frames with a face, or a limit), after which the server closes the stream.
+    Frames that arrive while the server is busy are skipped (counted), never queued.
+    """
     ExtractTemplate: _grpc.UnaryUnaryMultiCallable[_instant_pb2.TemplateRequest, _instant_pb2.TemplateResponse]
     """The subject's face template (embedding) with the model that made it."""
     Verify: _grpc.UnaryUnaryMultiCallable[_instant_pb2.VerifyRequest, _instant_pb2.VerifyResponse]
@@ -62,7 +68,12 @@ class InstantAsyncStub(InstantStub):
     Detect: _aio.UnaryUnaryMultiCallable[_instant_pb2.DetectRequest, _instant_pb2.DetectResponse]  # type: ignore[assignment]
     """All faces in an image, largest first. An image without faces is not an error."""
     CheckLiveness: _aio.UnaryUnaryMultiCallable[_instant_pb2.LivenessRequest, _instant_pb2.LivenessResponse]  # type: ignore[assignment]
-    """Is the subject of the image a live person (not a print, a screen, a mask)?"""
+    """Is the subject of the image or video a live person (not a print, a screen, a mask)?"""
+    StreamLiveness: _aio.StreamStreamMultiCallable[_video_pb2.StreamLivenessRequest, _video_pb2.StreamLivenessUpdate]  # type: ignore[assignment]
+    """Live frames in, running updates out; the last update is the verdict, sent as soon as it is
+    certain (enough frames with a face, or a limit), after which the server closes the stream.
+    Frames that arrive while the server is busy are skipped (counted), never queued.
+    """
     ExtractTemplate: _aio.UnaryUnaryMultiCallable[_instant_pb2.TemplateRequest, _instant_pb2.TemplateResponse]  # type: ignore[assignment]
     """The subject's face template (embedding) with the model that made it."""
     Verify: _aio.UnaryUnaryMultiCallable[_instant_pb2.VerifyRequest, _instant_pb2.VerifyResponse]  # type: ignore[assignment]
@@ -92,7 +103,18 @@ class InstantServicer(metaclass=_abc_1.ABCMeta):
         request: _instant_pb2.LivenessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_instant_pb2.LivenessResponse, _abc.Awaitable[_instant_pb2.LivenessResponse]]:
-        """Is the subject of the image a live person (not a print, a screen, a mask)?"""
+        """Is the subject of the image or video a live person (not a print, a screen, a mask)?"""
+
+    @_abc_1.abstractmethod
+    def StreamLiveness(
+        self,
+        request_iterator: _MaybeAsyncIterator[_video_pb2.StreamLivenessRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_video_pb2.StreamLivenessUpdate], _abc.AsyncIterator[_video_pb2.StreamLivenessUpdate]]:
+        """Live frames in, running updates out; the last update is the verdict, sent as soon as it is
+        certain (enough frames with a face, or a limit), after which the server closes the stream.
+        Frames that arrive while the server is busy are skipped (counted), never queued.
+        """
 
     @_abc_1.abstractmethod
     def ExtractTemplate(
