@@ -198,7 +198,16 @@ def aggregate(resolutions: list[str]) -> str | None:
 
 
 def refresh_folder_resolution(folder_id: str, *, session: Session) -> Folder | None:
-    folder = session.get(Folder, folder_id)
+    """Recompute a folder's resolution from its analyses, under a lock on the folder row.
+
+    Two workers finishing the folder's last two analyses at once would each read the other's
+    as still PROCESSING (READ COMMITTED) and leave the folder PROCESSING for ever; the row lock
+    makes the second wait for the first's commit and read its result.
+    """
+    folder = session.exec(
+        select(Folder).where(Folder.id == folder_id).with_for_update(),
+        execution_options={"populate_existing": True},
+    ).first()
     if folder is None:
         return None
     rows = session.exec(
