@@ -39,7 +39,9 @@ SAFE_FIELDS: dict[str, frozenset[str]] = {
     "vigil.v1.TokenPair": frozenset(
         {"access_token", "access_expires_at", "refresh_token", "refresh_expires_at"}
     ),
-    "vigil.v1.StreamLivenessUpdate": frozenset({"final", "live", "outcome", "frames_received"}),
+    "vigil.v1.StreamLivenessUpdate": frozenset(
+        {"final", "outcome", "frames_received", "frames_processed", "frames_skipped"}
+    ),
     "google.protobuf.Timestamp": frozenset({"seconds", "nanos"}),
 }
 

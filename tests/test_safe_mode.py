@@ -15,6 +15,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+from clients import _requests as build
 from server.permissions import PERMISSIONS
 from tests.conftest import FACES, SPOOF, ServerThread, read
 from vigil.v1 import (
@@ -130,7 +131,15 @@ def safe_calls(channel: grpc.Channel, p: dict[str, Any]) -> dict[str, Callable[[
         ]
         return folders.Submit(iter(parts), timeout=60)
 
+    def stream() -> list[Any]:
+        # A still photo sent as camera frames (30 fps, with a little timing jitter).
+        frames = [
+            (read(FACES / "obama2.jpg"), 1000.0 + i * 33.3 + (i % 3) * 0.7) for i in range(14)
+        ]
+        return list(instant.StreamLiveness(build.stream_requests(frames), timeout=60))
+
     return {
+        "Instant/StreamLiveness": stream,
         "Instant/CheckLiveness": lambda: instant.CheckLiveness(
             instant_pb2.LivenessRequest(image=photo)
         ),
@@ -250,6 +259,7 @@ def test_a_full_key_does_get_the_detail(api_server: ServerThread, prepared) -> N
         calls = safe_calls(channel, prepared)
         assert "score" in leaks(calls["Instant/CheckLiveness"]())
         assert "similarity" in leaks(calls["Instant/Verify"]())
+        assert any("score" in leaks(update) for update in calls["Instant/StreamLiveness"]())
         folder_leaks = leaks(calls["Folders/GetFolder"]())
         assert "analyses.results" in folder_leaks and "analyses.decisive" in folder_leaks
         assert "media.sha256" in folder_leaks
