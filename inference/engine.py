@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +69,9 @@ class EngineConfig:
     batching: dict[str, BatcherConfig] = field(default_factory=dict)
     #: Parallel YuNet instances (its ONNX has a fixed batch of 1).
     detector_instances: int = 2
+    #: Nice value added to the engine's threads (and the ONNX Runtime threads they start), so
+    #: the event loop that receives, refuses and answers calls keeps the CPU it needs.
+    worker_nice: int = 5
     #: Images the Instant API may hold at once before it refuses new ones (0: no limit).
     max_inflight_images: int = 128
 
@@ -92,7 +97,12 @@ class Engine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.executor = ThreadPoolExecutor(config.worker_threads, thread_name_prefix="vigil-engine")
+        self.executor = ThreadPoolExecutor(
+            config.worker_threads,
+            thread_name_prefix="vigil-engine",
+            initializer=_lower_priority,
+            initargs=(config.worker_nice,),
+        )
         self.models: dict[str, LoadedModel] = {}
         self.batchers: dict[str, Batcher] = {}
         self.detector: YuNetDetector | None = None
@@ -416,3 +426,10 @@ def _liveness_inputs(bgr: np.ndarray, face: Face) -> list[np.ndarray]:
 
 def _chip_input(bgr: np.ndarray, face: Face) -> np.ndarray:
     return _chip_tensor(bgr, face.landmarks)
+
+
+def _lower_priority(nice: int) -> None:
+    """Run this thread (and threads it starts later) at a lower CPU priority (Linux: per thread)."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)

@@ -100,6 +100,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         batching=batching,
         detector_instances=settings.detector_instances,
         max_inflight_images=settings.max_inflight_images,
+        worker_nice=settings.worker_nice,
     )
 
 

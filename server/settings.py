@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_inflight_images: int = 128
     """Images the Instant API may hold in the engine at once; beyond, calls get RESOURCE_EXHAUSTED
     at once, before any decoding (0: no limit)."""
+    worker_nice: int = 5
+    """Nice value of the engine's threads, so the event loop that receives, refuses and answers
+    calls keeps the CPU it needs under overload (0: same priority)."""
     max_queue_size: int = 256
     """Requests that may wait per model before new ones get RESOURCE_EXHAUSTED."""
     max_image_bytes: int = 20 * 1024 * 1024
