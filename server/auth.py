@@ -8,10 +8,11 @@ context variable; SAFE principals get redacted answers; each call on stored obje
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -200,46 +201,41 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         authorize(principal, method)
         return principal
 
+    @contextlib.contextmanager
+    def _acting_as(self, principal: Principal, method: str, request: Any) -> Iterator[None]:
+        """The principal is current for the call; its outcome is audited when it ends."""
+        token = CURRENT.set(principal)
+        status = "OK"
+        try:
+            yield
+        except VigilError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            CURRENT.reset(token)
+            self._audit(principal, method, request, status)
+
     def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             principal = await self._enter(method, context)
-            token = CURRENT.set(principal)
-            status = "OK"
-            try:
+            with self._acting_as(principal, method, request):
                 response = await behavior(request, context)
                 return redact(response) if principal.safe and response is not None else response
-            except VigilError as exc:
-                status = exc.status
-                raise
-            except asyncio.CancelledError:
-                status = "CANCELLED"
-                raise
-            except Exception:
-                status = "INTERNAL"
-                raise
-            finally:
-                CURRENT.reset(token)
-                self._audit(principal, method, request, status)
 
         return handler
 
     def _wrap_generator(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             principal = await self._enter(method, context)
-            token = CURRENT.set(principal)
-            status = "OK"
-            try:
+            with self._acting_as(principal, method, request):
                 async for response in behavior(request, context):
                     yield redact(response) if principal.safe else response
-            except VigilError as exc:
-                status = exc.status
-                raise
-            except asyncio.CancelledError:
-                status = "CANCELLED"
-                raise
-            finally:
-                CURRENT.reset(token)
-                self._audit(principal, method, request, status)
 
         return handler
 

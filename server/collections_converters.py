@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from inference.errors import InvalidArgument
 from inference.types import Face
+from server.folders_converters import timestamp
 from storage.face_index import SearchHit as IndexHit
 from storage.tables import Collection, CollectionFace
 from vigil.v1 import collections_pb2, common_pb2
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
-
-
-def timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def face_json(face: Face) -> dict[str, Any]:
