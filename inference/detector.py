@@ -100,8 +100,7 @@ def rescale(face: Face, factor: float, width: int, height: int) -> Face:
 class YuNetDetector:
     """YuNet's pre- and post-processing around a loaded model.
 
-    The engine calls ``prepare`` and ``postprocess`` around its batcher; ``detect`` runs the whole
-    thing directly (blocking) for callers without one.
+    ``detect`` runs the whole thing (blocking); the engine calls it in its detector jobs.
     """
 
     def __init__(
@@ -137,10 +136,10 @@ class YuNetDetector:
         faces.sort(key=lambda f: f.area, reverse=True)
         return faces
 
-    def detect(self, bgr: np.ndarray) -> list[Face]:
-        """All faces in the image, in image pixels, largest first."""
+    def detect(self, bgr: np.ndarray, alone: bool = False) -> list[Face]:
+        """All faces in the image, in image pixels, largest first (``alone``: a backend hint)."""
         tensor, factor = self.prepare(bgr)
-        outputs = self.model.infer({"input": tensor})
+        outputs = self.model.infer({"input": tensor}, alone=alone)
         height, width = bgr.shape[:2]
         return self.postprocess(
             outputs, (tensor.shape[2], tensor.shape[3]), factor, (width, height)

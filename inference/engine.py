@@ -7,22 +7,24 @@ the per-face models run through one :class:`Batcher` each so concurrent requests
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from inference import align, metrics
 from inference.backends import BackendOptions, LoadedModel, get_backend
-from inference.batcher import Batcher, BatcherConfig
+from inference.batcher import Batcher, BatcherConfig, run_jobs
 from inference.catalog import (
     DEFAULT_MODELS,
     DLIB_RESNET,
@@ -55,8 +57,8 @@ class EngineConfig:
     backend: str = "onnxruntime"
     backend_options: BackendOptions = field(default_factory=BackendOptions)
     image_limits: ImageLimits = field(default_factory=ImageLimits)
-    #: Threads for decoding, alignment and backend calls.
-    worker_threads: int = 4
+    #: Threads for decoding, detection, alignment and backend calls.
+    worker_threads: int = 8
     detect_max_side: int = 640
     #: Images smaller than this (longer side) are scaled up for detection.
     detect_min_side: int = 320
@@ -67,13 +69,34 @@ class EngineConfig:
     match_distance_threshold: float = 0.6
     #: Per model name: batcher settings; models not named use the catalog's values.
     batching: dict[str, BatcherConfig] = field(default_factory=dict)
-    #: Parallel YuNet instances (its ONNX has a fixed batch of 1).
-    detector_instances: int = 2
+    #: Detector jobs (decode, YuNet, alignment) that may run at once; YuNet's batch is fixed at 1.
+    detector_instances: int = 3
     #: Nice value added to the engine's threads (and the ONNX Runtime threads they start), so
     #: the event loop that receives, refuses and answers calls keeps the CPU it needs.
     worker_nice: int = 5
     #: Images the Instant API may hold at once before it refuses new ones (0: no limit).
     max_inflight_images: int = 128
+    #: How long a per-face batch may wait for faces still being detected (catalog defaults).
+    batch_fill_wait_s: float = 0.02
+
+
+@dataclass
+class _Located:
+    """What a detector job found, and the seconds each of its stages took."""
+
+    image: DecodedImage | None
+    faces: list[Face]
+    extra: Any
+    decode_s: float
+    detect_s: float
+    align_s: float = 0.0
+    queue_s: float = 0.0
+
+    def add_to(self, timings: Timings) -> None:
+        timings.decode_ms += self.decode_s * 1000
+        timings.detect_ms += self.detect_s * 1000
+        timings.align_ms += self.align_s * 1000
+        timings.queue_ms += self.queue_s * 1000
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,8 @@ class Engine:
         self.detector: YuNetDetector | None = None
         self._started = False
         self._inflight = 0
+        #: Per model: images in the detector now whose next stage is that model.
+        self._upstream: collections.Counter[str] = collections.Counter()
 
     # ---- lifecycle -------------------------------------------------------------------------
     def load(self) -> None:
@@ -136,8 +161,24 @@ class Engine:
         if spec.fixed_batch:
             return BatcherConfig(1, 0.0, spec.max_queue_size, self.config.detector_instances)
         return BatcherConfig(
-            spec.max_batch_size, spec.max_queue_delay_ms / 1000.0, spec.max_queue_size, 1
+            spec.max_batch_size,
+            spec.max_queue_delay_ms / 1000.0,
+            spec.max_queue_size,
+            1,
+            self.config.batch_fill_wait_s,
         )
+
+    def _upstream_of(self, model: str) -> int:
+        """Images in the detector bound for ``model``, counted only while the detector is
+        saturated (every instance busy): then batches may wait for them; below that a batch runs
+        at once (a Verify's first face does not wait for its second)."""
+        detector = self.batchers[YUNET.name]
+        return self._upstream[model] if detector.load >= detector.config.instances else 0
+
+    def _alone(self) -> bool:
+        """True when at most one image is anywhere in the engine's queues and batches (the
+        caller's own): a backend may then spend every core on it."""
+        return sum(batcher.load for batcher in self.batchers.values()) <= 1
 
     async def start(self) -> None:
         """Load the models in a thread and start one batcher per model (inside the running loop)."""
@@ -149,7 +190,19 @@ class Engine:
             self.executor.shutdown(wait=True)  # the load has returned; leave no thread behind
             raise
         for spec in DEFAULT_MODELS:
-            batcher = Batcher(self.models[spec.name], self.executor, self._batcher_config(spec))
+            config = self._batcher_config(spec)
+            if spec.name == YUNET.name:  # the detector's whole per-image job, one at a time
+                batcher = Batcher(
+                    run_jobs, self.executor, replace(config, max_batch_size=1), spec.name
+                )
+            else:
+                batcher = Batcher.for_model(
+                    self.models[spec.name],
+                    self.executor,
+                    config,
+                    alone=self._alone,
+                    upstream=functools.partial(self._upstream_of, spec.name),
+                )
             batcher.start()
             self.batchers[spec.name] = batcher
         self._started = True
@@ -197,44 +250,13 @@ class Engine:
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def decode(self, data: bytes, timings: Timings) -> DecodedImage:
-        started = time.perf_counter()
-        image: DecodedImage = await self._in_thread(decode_image, data, self.config.image_limits)
-        timings.decode_ms += (time.perf_counter() - started) * 1000
-        return image
-
     async def detect_faces(
         self, image: DecodedImage, timings: Timings, deadline: float | None = None
     ) -> list[Face]:
         """Faces of an already decoded image (video frames), largest first."""
-        self._require_started()
-        detector = self.detector
-        assert detector is not None
-        started = time.perf_counter()
-        tensor, factor = await self._in_thread(detector.prepare, image.bgr)
-        row, queued = await self.batchers[YUNET.name].submit({"input": tensor[0]}, deadline)
-        input_hw = (int(tensor.shape[2]), int(tensor.shape[3]))
-        faces, _, _ = await self._in_thread(self._faces_of, image, row, input_hw, factor, None)
-        timings.detect_ms += (time.perf_counter() - started) * 1000
-        timings.queue_ms += queued * 1000
-        return faces
-
-    async def subject(
-        self,
-        data: bytes,
-        require_single: bool,
-        timings: Timings,
-        deadline: float | None = None,
-    ) -> tuple[DecodedImage, Subject]:
-        """Decode, detect, and pick the subject (largest face) or raise NO_FACE / MULTIPLE_FACES.
-
-        Three thread hops only: decode + detector input, YuNet, then post-processing + subject.
-        """
-        image, faces, _ = await self._locate(data, timings, deadline, require_single)
-        subject = Subject(
-            faces[0], len(faces), image.content_type, image.width, image.height, timings
-        )
-        return image, subject
+        located = await self._detect(None, image, deadline, None, None, ())
+        located.add_to(timings)
+        return located.faces
 
     async def _locate(
         self,
@@ -243,49 +265,62 @@ class Engine:
         deadline: float | None,
         require_single: bool | None,
         then: Callable[[np.ndarray, Face], Any] | None = None,
+        bound_for: tuple[ModelSpec, ...] = (),
     ) -> tuple[DecodedImage, list[Face], Any]:
         """Decode and detect; with ``require_single`` not None, also insist on a subject and run
-        ``then(bgr, subject)`` (the model input of the next stage) in the same thread hop."""
+        ``then(bgr, subject)`` (the input of the next stage: the models ``bound_for``), all in
+        one detector job."""
+        located = await self._detect(data, None, deadline, require_single, then, bound_for)
+        located.add_to(timings)
+        assert located.image is not None
+        return located.image, located.faces, located.extra
+
+    async def _detect(
+        self,
+        data: bytes | None,
+        image: DecodedImage | None,
+        deadline: float | None,
+        require_single: bool | None,
+        then: Callable[[np.ndarray, Face], Any] | None,
+        bound_for: tuple[ModelSpec, ...],
+    ) -> _Located:
+        """One job on the detector's queue: decode (unless ``image`` is given), resize, YuNet,
+        post-processing, subject checks and ``then``, in one thread. YuNet's batch is fixed at 1,
+        so nothing is lost by not batching it, and an image is decoded only once a detector
+        instance is free for it (a queue of waiting requests holds bytes, not decoded pixels).
+        While it runs, the models ``bound_for`` count it as upstream (their batches may wait
+        for it)."""
         self._require_started()
+        job = functools.partial(self._detect_job, data, image, require_single, then)
+        for spec in bound_for:
+            self._upstream[spec.name] += 1
+        try:
+            located, queued = await self.batchers[YUNET.name].submit(job, deadline)
+        finally:
+            for spec in bound_for:
+                self._upstream[spec.name] -= 1
+        located.queue_s = queued
+        return cast(_Located, located)
+
+    def _detect_job(
+        self,
+        data: bytes | None,
+        image: DecodedImage | None,
+        require_single: bool | None,
+        then: Callable[[np.ndarray, Face], Any] | None,
+    ) -> _Located:
         detector = self.detector
         assert detector is not None
-        image, tensor, factor, decode_s, prepare_s = await self._in_thread(
-            self._decode_prepare, data
-        )
-        timings.decode_ms += decode_s * 1000
         started = time.perf_counter()
-        row, queued = await self.batchers[YUNET.name].submit({"input": tensor[0]}, deadline)
-        input_hw = (int(tensor.shape[2]), int(tensor.shape[3]))
-        faces, extra, then_s = await self._in_thread(
-            self._faces_of, image, row, input_hw, factor, require_single, then
-        )
-        timings.detect_ms += (prepare_s + time.perf_counter() - started - then_s) * 1000
-        timings.align_ms += then_s * 1000
-        timings.queue_ms += queued * 1000
-        return image, faces, extra
-
-    def _decode_prepare(self, data: bytes) -> tuple[DecodedImage, np.ndarray, float, float, float]:
-        started = time.perf_counter()
-        image = decode_image(data, self.config.image_limits)
+        if image is None:
+            assert data is not None
+            image = decode_image(data, self.config.image_limits)
         decoded = time.perf_counter()
-        assert self.detector is not None
-        tensor, factor = self.detector.prepare(image.bgr)
-        return image, tensor, factor, decoded - started, time.perf_counter() - decoded
-
-    def _faces_of(
-        self,
-        image: DecodedImage,
-        row: dict[str, np.ndarray],
-        input_hw: tuple[int, int],
-        factor: float,
-        require_single: bool | None,
-        then: Callable[[np.ndarray, Face], Any] | None = None,
-    ) -> tuple[list[Face], Any, float]:
-        assert self.detector is not None
-        outputs = {name: value[None] for name, value in row.items()}
-        faces = self.detector.postprocess(outputs, input_hw, factor, (image.width, image.height))
+        faces = detector.detect(image.bgr, alone=self._alone())
+        detected = time.perf_counter()
+        located = _Located(image, faces, None, decoded - started, detected - decoded)
         if require_single is None:
-            return faces, None, 0.0
+            return located
         if not faces:
             raise FaceNotFound(
                 f"no face found in the {image.width}×{image.height} image "
@@ -293,18 +328,17 @@ class Engine:
             )
         if require_single and len(faces) > 1:
             raise MultipleFaces(f"{len(faces)} faces found; the request requires exactly one")
-        if then is None:
-            return faces, None, 0.0
-        started = time.perf_counter()
-        extra = then(image.bgr, faces[0])
-        return faces, extra, time.perf_counter() - started
+        if then is not None:
+            located.extra = then(image.bgr, faces[0])
+            located.align_s = time.perf_counter() - detected
+        return located
 
     async def _run_face_model(
         self, spec: ModelSpec, tensor: np.ndarray, timings: Timings, deadline: float | None
     ) -> dict[str, np.ndarray]:
         row, queued = await self.batchers[spec.name].submit({spec.inputs[0].name: tensor}, deadline)
         timings.queue_ms += queued * 1000
-        return row
+        return cast(dict[str, np.ndarray], row)
 
     # ---- public API --------------------------------------------------------------------------
     async def detect(
@@ -322,7 +356,7 @@ class Engine:
         timings = Timings()
         started = time.perf_counter()
         image, faces, crops = await self._locate(
-            data, timings, deadline, require_single, then=_liveness_inputs
+            data, timings, deadline, require_single, _liveness_inputs, LIVENESS_MODELS
         )
         subject = Subject(
             faces[0], len(faces), image.content_type, image.width, image.height, timings
@@ -361,7 +395,7 @@ class Engine:
         timings = Timings()
         started = time.perf_counter()
         image, faces, chip = await self._locate(
-            data, timings, deadline, require_single, then=_chip_input
+            data, timings, deadline, require_single, _chip_input, (DLIB_RESNET,)
         )
         subject = Subject(
             faces[0], len(faces), image.content_type, image.width, image.height, timings

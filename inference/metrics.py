@@ -23,7 +23,8 @@ BATCH_SIZE = Histogram(
 )
 INFERENCE_TIME = Histogram(
     "vigil_model_inference_seconds",
-    "Time of one backend call (one batch)",
+    "Time of one backend call (one batch); for yunet, the whole per-image detector job "
+    "(decode, resize, YuNet, post-processing, alignment)",
     ["model"],
     buckets=_LATENCY_BUCKETS,
 )

@@ -66,6 +66,7 @@ def engine_config(settings: Settings) -> EngineConfig:
             max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
             instances=settings.model_instances,
+            max_fill_wait_s=settings.batch_fill_wait_ms / 1000.0,
         )
         for spec in DEFAULT_MODELS
         if not spec.fixed_batch
@@ -84,14 +85,15 @@ def engine_config(settings: Settings) -> EngineConfig:
             intra_op_threads=settings.intra_op_threads,
             cache_dir=settings.resolved_engine_cache_dir,
             precision=settings.precision,
-            streams=max(settings.model_instances, settings.detector_instances),
+            # Detector jobs beyond 4 wait for a free context; each costs a copy of the engine.
+            streams=max(settings.model_instances, min(settings.detector_instances, 4)),
         ),
         image_limits=ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
             max_side=settings.max_image_side,
         ),
-        worker_threads=settings.worker_threads,
+        worker_threads=settings.worker_threads or settings.detector_instances + 4,
         detect_max_side=settings.detect_max_side,
         detect_min_side=settings.detect_min_side,
         min_face_px=settings.min_face_px,
@@ -99,6 +101,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         match_distance_threshold=settings.match_distance_threshold,
         batching=batching,
         detector_instances=settings.detector_instances,
+        batch_fill_wait_s=settings.batch_fill_wait_ms / 1000.0,
         max_inflight_images=settings.max_inflight_images,
         worker_nice=settings.worker_nice,
     )

@@ -44,16 +44,20 @@ class Settings(BaseSettings):
     """Where TensorRT engines are cached; default ``<data_dir>/engines``."""
     intra_op_threads: int = Field(default_factory=_default_threads)
     """Threads one ONNX Runtime call may use. Default: the number of cores."""
-    worker_threads: int = 4
-    """Threads for decoding, alignment and backend calls."""
-    detector_instances: int = 2
-    """YuNet calls that may run at once (its ONNX has a fixed batch of 1)."""
+    worker_threads: int = 0
+    """Threads for decoding, detection, alignment and backend calls; 0: detector instances + 4."""
+    detector_instances: int = Field(default_factory=lambda: _default_threads() + 1)
+    """Images decoded and detected at once, one thread each (YuNet's ONNX has a fixed batch of
+    1). Default: the number of cores + 1."""
     model_instances: int = 1
     """Batches of each per-face model that may run at once (GPU streams; 1 suits a CPU)."""
     max_batch_size: int = 32
     """Largest batch for the per-face models (embedding, liveness); 1 turns batching off."""
     max_queue_delay_ms: float = 0.0
-    """How long a batch may wait to fill; 0 takes what is queued now (no added latency)."""
+    """How long a batch always waits to fill; 0 takes what is queued now (no added latency)."""
+    batch_fill_wait_ms: float = 20.0
+    """How long a batch of a per-face model may wait for faces still being detected; a request
+    alone in the server never waits (0: never wait)."""
     max_inflight_images: int = 128
     """Images the Instant API may hold in the engine at once; beyond, calls get RESOURCE_EXHAUSTED
     at once, before any decoding (0: no limit)."""

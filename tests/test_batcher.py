@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from inference.batcher import Batcher, BatcherConfig
+from inference.batcher import Batcher, BatcherConfig, model_runner, run_jobs
 from inference.catalog import DLIB_RESNET
 from inference.errors import DeadlineExpired, Overloaded, Unavailable
 
@@ -24,13 +24,15 @@ class FakeModel:
         self.delay = delay
         self.fail_on = fail_on
         self.batches: list[list[float]] = []
+        self.alone: list[bool] = []
         self.gate = threading.Event()
         self.gate.set()
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, inputs: dict[str, np.ndarray], alone: bool = False) -> dict[str, np.ndarray]:
         self.gate.wait(10)
         values = inputs["x"]
         self.batches.append(values[:, 0].tolist())
+        self.alone.append(alone)
         if self.delay:
             time.sleep(self.delay)
         if self.fail_on is not None and np.any(values == self.fail_on):
@@ -52,7 +54,7 @@ def item(value: float) -> dict[str, np.ndarray]:
 
 
 async def started(model: FakeModel, executor, **config) -> Batcher:  # type: ignore[no-untyped-def]
-    batcher = Batcher(model, executor, BatcherConfig(**config))
+    batcher = Batcher.for_model(model, executor, BatcherConfig(**config))
     batcher.start()
     return batcher
 
@@ -196,4 +198,102 @@ async def test_instances_run_batches_side_by_side(executor) -> None:  # type: ig
 
 def test_invalid_configuration_is_refused() -> None:
     with pytest.raises(ValueError):
-        Batcher(FakeModel(), None, BatcherConfig(max_batch_size=0))
+        Batcher.for_model(FakeModel(), None, BatcherConfig(max_batch_size=0))
+
+
+async def test_a_failing_job_fails_only_its_own_request(executor) -> None:  # type: ignore[no-untyped-def]
+    """Job mode (the detector's per-image work): each item is a callable; one that raises fails its
+    own request only, even when it shares a batch with others."""
+    gate = threading.Event()
+
+    def job(value: int):  # type: ignore[no-untyped-def]
+        def run() -> int:
+            gate.wait(10)
+            if value == 13:
+                raise ValueError("no face in image 13")
+            return value * 2
+
+        return run
+
+    batcher = Batcher(run_jobs, executor, BatcherConfig(max_batch_size=4), name="jobs")
+    batcher.start()
+    blocker = asyncio.ensure_future(batcher.submit(job(1)))
+    await asyncio.sleep(0.05)  # the next three queue up and run as one batch
+    rest = [asyncio.ensure_future(batcher.submit(job(v))) for v in (5, 13, 7)]
+    gate.set()
+    results = await asyncio.gather(blocker, *rest, return_exceptions=True)
+    assert [r if isinstance(r, Exception) else r[0] for r in results[:2]] == [2, 10]
+    assert isinstance(results[2], ValueError) and "image 13" in str(results[2])
+    assert results[3][0] == 14
+    await batcher.stop()
+
+
+def test_a_single_item_reaches_the_model_without_a_copy() -> None:
+    seen: list[np.ndarray] = []
+
+    class Recorder(FakeModel):
+        def infer(
+            self, inputs: dict[str, np.ndarray], alone: bool = False
+        ) -> dict[str, np.ndarray]:
+            seen.append(inputs["x"])
+            return super().infer(inputs, alone)
+
+    row = np.arange(6, dtype=np.float32).reshape(2, 3)
+    [out] = model_runner(Recorder())([{"x": row}])
+    assert seen[0].shape == (1, 2, 3) and np.shares_memory(seen[0], row)
+    np.testing.assert_array_equal(out["y"], row * 2)
+    pair = model_runner(Recorder())([{"x": row}, {"x": row + 1}])
+    assert seen[1].shape == (2, 2, 3) and [o["y"][0, 0] for o in pair] == [0.0, 2.0]
+
+
+async def test_a_batch_waits_for_requests_still_upstream_and_only_for_them(executor) -> None:  # type: ignore[no-untyped-def]
+    """With requests on their way (``upstream`` > 0) a batch waits up to ``max_fill_wait_s`` for
+    them; with none, it runs at once."""
+    model = FakeModel()
+    upstream = [0]
+    batcher = Batcher.for_model(
+        model,
+        executor,
+        BatcherConfig(max_batch_size=8, max_queue_delay_s=0.0, max_fill_wait_s=0.5),
+        upstream=lambda: upstream[0],
+    )
+    batcher.start()
+    began = time.perf_counter()
+    await batcher.submit(item(1))
+    assert time.perf_counter() - began < 0.1, "a lone request waited for nothing"
+
+    upstream[0] = 2
+
+    async def arriving(value: float, after: float):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(after)
+        upstream[0] -= 1
+        return await batcher.submit(item(value))
+
+    first = asyncio.ensure_future(batcher.submit(item(2)))
+    await asyncio.gather(first, arriving(3, 0.05), arriving(4, 0.1))
+    assert model.batches[1:] == [[2.0, 3.0, 4.0]]
+    await batcher.stop()
+
+
+async def test_load_counts_waiting_and_running_requests_and_alone_reaches_the_model(
+    executor,
+) -> None:  # type: ignore[no-untyped-def]
+    model = FakeModel()
+    model.gate.clear()
+    holder: list[Batcher] = []
+    batcher = Batcher.for_model(
+        model, executor, BatcherConfig(max_batch_size=1), alone=lambda: holder[0].load <= 1
+    )
+    holder.append(batcher)
+    batcher.start()
+    assert batcher.load == 0
+    running = asyncio.ensure_future(batcher.submit(item(1)))
+    queued = asyncio.ensure_future(batcher.submit(item(2)))
+    await asyncio.sleep(0.05)
+    assert batcher.load == 2
+    model.gate.set()
+    await asyncio.gather(running, queued)
+    assert batcher.load == 0
+    await batcher.submit(item(3))
+    assert model.alone == [False, True, True]
+    await batcher.stop()

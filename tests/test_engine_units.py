@@ -14,6 +14,7 @@ from inference.backends import BackendOptions, get_backend
 from inference.detector import YuNetDetector, prepare
 from inference.errors import InvalidMedia, MediaTooLarge, ModelError, UnsupportedMedia
 from inference.media import ImageLimits, decode_image, probe, sniff
+from inference.models import chips_to_tensor
 from tests.conftest import FACES, SHARED, SPOOF, read
 
 LIMITS = ImageLimits()
@@ -148,3 +149,30 @@ def test_catalog_install_verifies_every_hash(tmp_path: Path) -> None:
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"missing.*vigil models install"):
         catalog.verify_installed(tmp_path)
+
+
+def test_the_cpu_backend_answers_the_same_with_one_thread_or_several(
+    detector: YuNetDetector, models_dir: Path
+) -> None:
+    """On the CPU a model holds a one-thread session for calls beside others and a wide one for a
+    call alone; the ``alone`` hint changes speed only, never the template."""
+    embedder = get_backend("onnxruntime").load(
+        catalog.DLIB_RESNET,
+        models_dir / catalog.DLIB_RESNET.file,
+        BackendOptions(intra_op_threads=2),
+    )
+    assert embedder.narrow is not None and embedder.narrow is not embedder.session
+    image = decode_image(read(FACES / "obama.jpg"), LIMITS)
+    face = detector.detect(image.bgr)[0]
+    chip = chips_to_tensor([align.align_chip(image.bgr, face.landmarks)])
+    wide = embedder.infer({"input": chip}, alone=True)["embedding"]
+    narrow = embedder.infer({"input": chip}, alone=False)["embedding"]
+    np.testing.assert_allclose(wide, narrow, atol=1e-5)
+    single = get_backend("onnxruntime").load(
+        catalog.DLIB_RESNET, models_dir / catalog.DLIB_RESNET.file, BackendOptions(1)
+    )
+    assert single.narrow is None  # one thread configured: one session
+    np.testing.assert_allclose(single.infer({"input": chip})["embedding"], wide, atol=1e-5)
+    embedder.unload()
+    with pytest.raises(ModelError, match="unloaded"):
+        embedder.infer({"input": chip}, alone=False)

@@ -86,10 +86,10 @@ def test_graceful_shutdown(models_dir) -> None:
     gate = running.call(make_gate)
     locate = engine._locate  # the first stage of every image: decode + detect
 
-    async def held_locate(data, timings, deadline, require_single, then=None):
+    async def held_locate(*args):  # type: ignore[no-untyped-def]
         arrived.release()
         await gate.wait()
-        return await locate(data, timings, deadline, require_single, then)
+        return await locate(*args)
 
     engine._locate = held_locate  # type: ignore[method-assign]
     pairs = [("obama.jpg", "obama3.jpg"), ("obama3.jpg", "biden.jpg"), ("obama2.jpg", "obama3.jpg")]

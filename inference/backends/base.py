@@ -38,8 +38,12 @@ class LoadedModel(Protocol):
 
     spec: ModelSpec
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch. Arrays are C-contiguous float32 with the batch as the first axis."""
+    def infer(self, inputs: dict[str, np.ndarray], alone: bool = False) -> dict[str, np.ndarray]:
+        """Run one batch. Arrays are C-contiguous float32 with the batch as the first axis.
+
+        ``alone`` is a latency hint: nothing else is running in the engine, so this call may
+        use every core it is allowed (the CPU backend then runs its multi-threaded session;
+        under load one thread per call wastes less). Backends may ignore it."""
         ...
 
     def unload(self) -> None:

@@ -14,21 +14,34 @@ from inference.errors import ModelError
 
 
 class OrtModel:
-    """One ``InferenceSession``; ``run`` is thread-safe, so executor threads may share it."""
+    """An ``InferenceSession`` (``run`` is thread-safe, so executor threads may share it).
 
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession) -> None:
+    On the CPU it holds two sessions of the same file: ``session`` with the configured intra-op
+    threads, for a call that runs ``alone`` (lowest latency), and ``narrow`` with one thread, for
+    calls that run beside others (2 cores: 8 % more images/s at 32 concurrent requests, and a
+    two-image Verify is fastest as two one-thread calls side by side).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        session: ort.InferenceSession,
+        narrow: ort.InferenceSession | None = None,
+    ) -> None:
         self.spec = spec
         self.session: ort.InferenceSession | None = session
+        self.narrow = narrow
         self.output_names = [o.name for o in session.get_outputs()]
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.session is None:
+    def infer(self, inputs: dict[str, np.ndarray], alone: bool = False) -> dict[str, np.ndarray]:
+        session = self.session if alone or self.narrow is None else self.narrow
+        if session is None:
             raise ModelError(f"{self.spec.ref} is unloaded")
-        results = self.session.run(self.output_names, inputs)
+        results = session.run(self.output_names, inputs)
         return dict(zip(self.output_names, results, strict=True))
 
     def unload(self) -> None:
-        self.session = None
+        self.session = self.narrow = None
 
 
 class OnnxRuntimeBackend:
@@ -62,8 +75,17 @@ class OnnxRuntimeBackend:
         return chosen
 
     def load(self, spec: ModelSpec, path: Path, options: BackendOptions) -> OrtModel:
+        session = self._session(spec, path, options, options.intra_op_threads)
+        narrow = None
+        if self.providers == ("CPUExecutionProvider",) and options.intra_op_threads > 1:
+            narrow = self._session(spec, path, options, 1)
+        return OrtModel(spec, session, narrow)
+
+    def _session(
+        self, spec: ModelSpec, path: Path, options: BackendOptions, threads: int
+    ) -> ort.InferenceSession:
         session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.intra_op_num_threads = threads
         session_options.inter_op_num_threads = 1
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -85,4 +107,4 @@ class OnnxRuntimeBackend:
             raise ModelError(
                 f"{spec.ref}: the file's inputs are {declared}, the catalog says {expected}"
             )
-        return OrtModel(spec, session)
+        return session

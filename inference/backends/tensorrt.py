@@ -379,8 +379,10 @@ class TensorRTModel:
 
     # ---- inference
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch: ``{input name: array}`` → ``{output name: float32 array}``."""
+    def infer(self, inputs: dict[str, np.ndarray], alone: bool = False) -> dict[str, np.ndarray]:
+        """Run one batch: ``{input name: array}`` → ``{output name: float32 array}``.
+
+        ``alone`` (a CPU threading hint) does not apply to a GPU and is ignored."""
         if self._unloaded:
             raise Unavailable(f"{self.spec.ref} is unloaded")
         if set(inputs) != set(self.input_names):
