@@ -16,7 +16,9 @@ HEADER = "| variable | default | meaning |\n| --- | --- | --- |\n"
 def table() -> str:
     rows = []
     for name, field in Settings.model_fields.items():
-        default = "number of cores" if field.default_factory is not None else field.default
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        computed = extra.get("default_doc", "number of cores")
+        default = computed if field.default_factory is not None else field.default
         default = "unset" if default is None else default
         text = " ".join((field.description or "").split()).replace("``", "`").replace("|", "\\|")
         rows.append(f"| `VIGIL_{name.upper()}` | `{default}` | {text} |")

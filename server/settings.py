@@ -43,10 +43,14 @@ class Settings(BaseSettings):
     engine_cache_dir: Path | None = None
     """Where TensorRT engines are cached; default ``<data_dir>/engines``."""
     intra_op_threads: int = Field(default_factory=_default_threads)
-    """Threads one ONNX Runtime call may use. Default: the number of cores."""
+    """Threads an ONNX Runtime call may use when it runs alone in the server (lowest latency);
+    calls beside others use one thread each (CPU backend). Default: the number of cores."""
     worker_threads: int = 0
     """Threads for decoding, detection, alignment and backend calls; 0: detector instances + 4."""
-    detector_instances: int = Field(default_factory=lambda: _default_threads() + 1)
+    detector_instances: int = Field(
+        default_factory=lambda: _default_threads() + 1,
+        json_schema_extra={"default_doc": "number of cores + 1"},
+    )
     """Images decoded and detected at once, one thread each (YuNet's ONNX has a fixed batch of
     1). Default: the number of cores + 1."""
     model_instances: int = 1
