@@ -201,6 +201,7 @@ async def sweep(
     ``after_workload`` runs after each workload (the raw ceiling is measured again there)."""
     points = []
     for workload in args.workloads:
+        await warm_up(args, servers, workload, requests[workload], progress)
         for concurrency in args.concurrency:
             for config, (target, pid) in servers.items():
                 progress.point(f"{config:12} {workload:8} c={concurrency:<3}")
@@ -220,6 +221,31 @@ async def sweep(
         if after_workload is not None:
             after_workload(workload)
     return points
+
+
+async def warm_up(
+    args: argparse.Namespace,
+    servers: Mapping[str, tuple[str, int | None]],
+    workload: str,
+    requests: list[bytes],
+    progress: Progress,
+) -> None:
+    """A few seconds of ``workload`` on every server, alone and with company, before its first
+    point. Without it the first point measured (batching-on, c=1) came out 1–3 ms slower than the
+    same point on the batching-off server right after it, run after run; with it they agree."""
+    progress.say(f"warming up the servers on {workload} ...")
+    for target, _ in servers.values():
+        for concurrency in (1, 4):
+            await run_load(
+                target,
+                METHODS[workload],
+                requests,
+                concurrency,
+                0.5 if args.quick else 2.0,
+                0.0,
+                args.timeout,
+                metadata_for(args, target),
+            )
 
 
 async def overload_point(
