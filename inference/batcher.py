@@ -9,7 +9,7 @@ refuses at once (``Overloaded``) instead of growing. ``instances`` workers let a
 What a batch *is* comes from a ``run_batch`` function (items in, one result per item out; an
 exception in place of a result fails only that item's request): :meth:`Batcher.for_model` stacks
 arrays into one backend call, :func:`run_jobs` runs zero-argument callables one after another
-(the detector's whole per-image job, so an image costs one thread hop, not four).
+(the detector's whole per-image job, so an image costs one or two thread hops, not four).
 """
 
 from __future__ import annotations

@@ -194,9 +194,10 @@ class Engine:
         )
 
     def _detector_saturated(self) -> bool:
-        """Every detector instance is busy (or more jobs wait): the engine is under load."""
-        detector = self.batchers[YUNET.name]
-        return detector.load >= detector.config.instances
+        """Every detector instance is busy (or more jobs wait): the engine is under load.
+        Called from engine threads too, so it tolerates a stopping engine."""
+        detector = self.batchers.get(YUNET.name)
+        return detector is not None and detector.load >= detector.config.instances
 
     def _upstream_of(self, model: str) -> int:
         """Images in the detector bound for ``model``, counted only while the detector is
@@ -206,7 +207,8 @@ class Engine:
     def _alone(self) -> bool:
         """True when at most one image is anywhere in the engine's queues and batches (the
         caller's own): a backend may then spend every core on it."""
-        return sum(batcher.load for batcher in self.batchers.values()) <= 1
+        batchers = list(self.batchers.values())  # one step: stop() may clear the dict meanwhile
+        return sum(batcher.load for batcher in batchers) <= 1
 
     async def start(self) -> None:
         """Load the models in a thread and start one batcher per model (inside the running loop)."""
