@@ -39,3 +39,33 @@ async def test_an_image_alone_and_among_others_gets_the_same_template(models_dir
             assert b.subject.timings.embed_ms > 0
     finally:
         await engine.stop()
+
+
+async def test_load_accounting_returns_to_zero_after_cancelled_and_failed_requests(
+    models_dir: Path,
+) -> None:
+    """The counts the engine schedules by (images upstream of a model, requests held by each
+    batcher) must not leak when requests are cancelled or fail, or batches would wait forever
+    for faces that never come and lone requests would never run alone again."""
+    engine = Engine(EngineConfig(models_dir, backend_options=BackendOptions(intra_op_threads=2)))
+    await engine.start()
+    try:
+        images = [read(FACES / name) for name in NAMES] * 3
+        calls = [asyncio.ensure_future(engine.embed(data)) for data in images]
+        calls += [asyncio.ensure_future(engine.liveness(data)) for data in images[:4]]
+        calls.append(asyncio.ensure_future(engine.embed(b"not an image")))  # fails in its job
+        await asyncio.sleep(0.05)
+        for call in calls[::3]:
+            call.cancel()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert any(isinstance(o, asyncio.CancelledError) for o in outcomes)
+        assert any(not isinstance(o, BaseException) for o in outcomes)
+        await asyncio.sleep(0.1)  # cancelled jobs already running finish in their threads
+        assert all(count == 0 for count in engine._upstream.values()), engine._upstream
+        assert {name: b.load for name, b in engine.batchers.items()} == dict.fromkeys(
+            engine.batchers, 0
+        )
+        alone = await engine.embed(images[0])  # and a lone request still runs (inline)
+        assert alone.embedding.shape == (128,)
+    finally:
+        await engine.stop()
