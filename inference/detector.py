@@ -22,20 +22,48 @@ def prepare(bgr: np.ndarray, max_side: int, min_side: int = 320) -> tuple[np.nda
     Small images are scaled up: at ORL's 92×112, YuNet misses 3 of 400 faces; at 160 px and
     more it finds them all. Returns the tensor and the factor from detector to image pixels.
     """
-    height, width = bgr.shape[:2]
-    longer = max(height, width)
-    scale = max_side / longer if longer > max_side else max(1.0, min_side / longer)
-    if scale != 1.0:
-        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        resized = cv2.resize(bgr, size, interpolation=interpolation)
-    else:
-        resized = bgr
+    resized, factor = scale_for_detector(bgr, max_side, min_side)
     rh, rw = resized.shape[:2]
     ph, pw = -(-rh // 32) * 32, -(-rw // 32) * 32
     tensor = np.zeros((1, 3, ph, pw), dtype=np.float32)
-    tensor[0, :, :rh, :rw] = resized.transpose(2, 0, 1)
-    return tensor, 1.0 / scale
+    # Plane by plane from cv2.split: half the time of one strided transpose-and-convert copy.
+    for channel, plane in enumerate(cv2.split(resized)):
+        tensor[0, channel, :rh, :rw] = plane
+    return tensor, factor
+
+
+def scale_for_detector(
+    bgr: np.ndarray, max_side: int, min_side: int = 320
+) -> tuple[np.ndarray, float]:
+    """The image with its longer side in [min_side, max_side], and the factor back to its pixels.
+
+    A large photo is halved (2×2 block averages, OpenCV's fast SIMD path; an odd last row or
+    column is dropped) while its longer side is at least twice ``max_side``, then scaled
+    bilinearly by the remaining factor, under 2×. INTER_AREA at an arbitrary ratio measured
+    5–18 ms per 1–3 MP photo on one core, a fifth to a third of a request's CPU; this takes
+    1–2 ms. On the photos in ../shared/data/faces YuNet's landmarks moved by 0.9–2.4 image
+    pixels and same-person template distances by under 0.01.
+    """
+    height, width = bgr.shape[:2]
+    longer = max(height, width)
+    if longer <= max_side:
+        scale = max(1.0, min_side / longer)
+        if scale == 1.0:
+            return bgr, 1.0
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR), 1.0 / scale
+    halvings = 0
+    while max(bgr.shape[:2]) >= 2 * max_side:
+        height, width = bgr.shape[0] // 2, bgr.shape[1] // 2
+        bgr = cv2.resize(
+            bgr[: 2 * height, : 2 * width], (width, height), interpolation=cv2.INTER_AREA
+        )
+        halvings += 1
+    scale = max_side / max(bgr.shape[:2])
+    if scale < 1.0:
+        size = (max(1, round(bgr.shape[1] * scale)), max(1, round(bgr.shape[0] * scale)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR)
+    return bgr, 2**halvings / scale
 
 
 def decode(

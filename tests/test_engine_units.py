@@ -11,7 +11,7 @@ import pytest
 
 from inference import align, catalog
 from inference.backends import BackendOptions, get_backend
-from inference.detector import YuNetDetector, prepare
+from inference.detector import YuNetDetector, scale_for_detector
 from inference.errors import InvalidMedia, MediaTooLarge, ModelError, UnsupportedMedia
 from inference.media import ImageLimits, decode_image, probe, sniff
 from inference.models import chips_to_tensor
@@ -34,10 +34,7 @@ def detector(models_dir: Path) -> YuNetDetector:
 def test_detector_agrees_with_opencv_reference(detector: YuNetDetector, path: Path) -> None:
     image = decode_image(read(path), LIMITS)
     faces = detector.detect(image.bgr)
-    _, factor = prepare(image.bgr, detector.max_side, detector.min_side)
-    size = (round(image.width / factor), round(image.height / factor))
-    interpolation = cv2.INTER_AREA if factor > 1 else cv2.INTER_LINEAR
-    scaled = cv2.resize(image.bgr, size, interpolation=interpolation)
+    scaled, factor = scale_for_detector(image.bgr, detector.max_side, detector.min_side)
     reference = cv2.FaceDetectorYN.create(
         str(SHARED / "models" / catalog.YUNET.file),
         "",
@@ -49,6 +46,27 @@ def test_detector_agrees_with_opencv_reference(detector: YuNetDetector, path: Pa
     assert found is not None and len(faces) == len(found) == 1
     assert np.allclose(np.array(faces[0].box), found[0, :4] * factor, atol=0.5)
     assert np.allclose(faces[0].landmarks.reshape(-1), found[0, 4:14] * factor, atol=0.5)
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(2333, 1434), (1434, 2333), (1137, 910), (641, 480), (92, 112), (640, 480)],
+)
+def test_detector_scaling_maps_points_back_to_the_image(width: int, height: int) -> None:
+    """A bright square placed in the image is found, through the factor, where it was put: the
+    halvings and the bilinear rest keep pixel centres aligned."""
+    image = np.zeros((height, width, 3), np.uint8)
+    cx, cy = round(width * 0.63), round(height * 0.41)
+    image[cy - 4 : cy + 5, cx - 4 : cx + 5] = 255
+    scaled, factor = scale_for_detector(image, 640, 320)
+    assert 320 <= max(scaled.shape[:2]) <= 640
+    assert abs(scaled.shape[1] * factor - width) <= factor + 1
+    assert abs(scaled.shape[0] * factor - height) <= factor + 1
+    grey = scaled[:, :, 0].astype(np.float64)
+    ys, xs = np.indices(grey.shape)
+    found = np.array([(xs * grey).sum(), (ys * grey).sum()]) / grey.sum()
+    # Pixel centres: detector pixel i covers image pixels around (i + 0.5) * factor - 0.5.
+    assert np.allclose((found + 0.5) * factor - 0.5, [cx, cy], atol=0.5 * factor)
 
 
 def test_exif_orientation_is_honoured(detector: YuNetDetector) -> None:
