@@ -85,6 +85,7 @@ def targets(run: Run) -> dict[str, Any]:
     raw = {r["workload"]: r for r in run.get("raw") or []}
     peer = {r["workload"]: r for r in run["peer"]} if isinstance(run.get("peer"), list) else {}
     on, off = run["configs"][0], "batching-off"
+    interleaved = run.get("interleaved") or {}
     out: dict[str, Any] = {}
     for workload in ("template", "verify", "liveness"):
         at = _point(run, on, workload, TARGET_CONCURRENCY)
@@ -106,6 +107,15 @@ def targets(run: Run) -> dict[str, Any]:
             "latency_ratio_at_1": _ratio(_get(one, "p50_ms"), _get(ceiling, "latency_p50_ms")),
             "latency_ratio_target": MAX_LATENCY_RATIO,
         }
+        if workload in interleaved:
+            turns = interleaved[workload]
+            entry["interleaved"] = {
+                "vigil_p50_ms": turns["vigil_p50_ms"],
+                "raw_p50_ms": turns["raw_p50_ms"],
+                "raw_variant": turns["raw_variant"],
+                "ratio": turns["ratio"],
+                "calls_each": turns["calls_each"],
+            }
         if workload in peer:
             best = max(
                 (p for p in run["points"] if p["config"] == on and p["workload"] == workload),
@@ -159,11 +169,25 @@ def format_targets(t: dict[str, Any]) -> str:
             f"{_verdict(share, MIN_SHARE_OF_RAW, True)}]; vs batching off "
             f"{_ms(e['batching_off_throughput'])} req/s: x{_ms(e['speedup_vs_batching_off'])}"
         )
+        turns = e.get("interleaved")
+        # With the interleaved measurement, it decides the target; the sweep's c=1 point and the
+        # raw single request were measured minutes apart and are shown for reference.
         lines.append(
             f"{'':9} c=1: p50 {_ms(e['p50_at_1_ms'])} ms vs raw single {_ms(e['raw_single_ms'])} "
             f"ms = x{_ms(lat) if lat is None else f'{lat:.2f}'} "
-            f"[target <= {MAX_LATENCY_RATIO}x: {_verdict(lat, MAX_LATENCY_RATIO, False)}]"
+            + (
+                "(sweep and raw ceiling, minutes apart)"
+                if turns
+                else f"[target <= {MAX_LATENCY_RATIO}x: {_verdict(lat, MAX_LATENCY_RATIO, False)}]"
+            )
         )
+        if turns:
+            lines.append(
+                f"{'':9} c=1 taking turns: p50 {turns['vigil_p50_ms']:.1f} ms vs raw "
+                f"{turns['raw_p50_ms']:.1f} ms ({turns['raw_variant']}) = x{turns['ratio']:.2f}, "
+                f"{turns['calls_each']} calls each [target <= {MAX_LATENCY_RATIO}x: "
+                f"{_verdict(turns['ratio'], MAX_LATENCY_RATIO, False)}]"
+            )
         if "peer" in e:
             p = e["peer"]
             lines.append(

@@ -322,6 +322,10 @@ async def run_servers(
             await sanity_check(server.target, images, metadata_for(args, server.target))
         sweeping = {c.name: (servers[c.name].target, servers[c.name].pid) for c in CONFIGS}
         run["points"] += await sweep(args, sweeping, requests, progress, after_workload)
+        if not args.skip_raw:
+            run["interleaved"] = await asyncio.to_thread(
+                interleaved_latency, args, images, servers[CONFIGS[0].name], progress
+            )
         if "overload" in servers:
             server = servers["overload"]
             run["overload"] = await overload_point(
@@ -334,6 +338,33 @@ async def run_servers(
     finally:
         for server in servers.values():
             server.stop()
+
+
+def interleaved_latency(
+    args: argparse.Namespace, images: Images, server: ServerProcess, progress: Progress
+) -> dict[str, Any]:
+    """Concurrency 1 on the batching-on server and the raw engine's single request, taking turns
+    block by block (``benchmarks.latency_interleaved``): the c=1 target's measurement. The sweep's
+    c=1 point and the raw ceiling's single request are minutes apart, and this machine's speed
+    drifts more than the target's margin in minutes."""
+    from benchmarks import latency_interleaved, raw_engine
+
+    progress.say("concurrency 1, vigil and the raw engine taking turns ...")
+    models = {threads: raw_engine.Models(args.models_dir, threads) for threads in (1, 2)}
+    blocks, block_s = (2, 0.5) if args.quick else (6, 2.0)
+    return {
+        workload: latency_interleaved.measure(
+            server.target,
+            metadata_for(args, server.target),
+            models,
+            workload,
+            images,
+            blocks,
+            block_s,
+            progress.say,
+        )
+        for workload in args.workloads
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw": None,
         "peer": None,
         "overload": None,
+        "interleaved": None,
     }
     if not args.server or not args.skip_raw:
         from inference import catalog
