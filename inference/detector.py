@@ -53,7 +53,7 @@ def scale_for_detector(
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR), 1.0 / scale
     halvings = 0
-    while max(bgr.shape[:2]) >= 2 * max_side:
+    while max(bgr.shape[:2]) >= 2 * max_side and min(bgr.shape[:2]) >= 2:
         height, width = bgr.shape[0] // 2, bgr.shape[1] // 2
         bgr = cv2.resize(
             bgr[: 2 * height, : 2 * width], (width, height), interpolation=cv2.INTER_AREA
