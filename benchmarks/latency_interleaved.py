@@ -28,8 +28,10 @@ from pathlib import Path
 import grpc
 
 from benchmarks.raw_engine import Item, Models
-from benchmarks.servers import ServerConfig, ServerProcess
+from benchmarks.run import CONFIGS
+from benchmarks.servers import ServerProcess
 from benchmarks.workloads import METHODS, ROOT, WORKLOADS, Images, default_data_dir, request_bytes
+from inference import catalog
 
 REPORT = ROOT / "benchmarks" / "reports" / "latency_interleaved.json"
 OPTIONS = [("grpc.max_send_message_length", 64 << 20)]
@@ -70,6 +72,7 @@ def measure(
     blocks: int,
     block_s: float,
     say: Callable[[str], None] = print,
+    timeout_s: float = 30.0,
 ) -> dict[str, object]:
     """``blocks`` turns of about ``block_s`` seconds each: vigil, then the raw engine's fastest
     single-request variant (chosen by a short pass over every variant first)."""
@@ -83,7 +86,7 @@ def measure(
         )
 
         def served_call(request: object) -> object:
-            return call(request, metadata=metadata, timeout=30)
+            return call(request, metadata=metadata, timeout=timeout_s)
 
         variants = raw_variants(models, workload, pool)
         _passes(served_call, requests, 0.0)  # warm-up
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="template,verify,liveness")
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--block-s", type=float, default=2.0, help="seconds per side per turn")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
+    parser.add_argument("--mirror", help="model mirror (default: the catalog's default)")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     args = parser.parse_args(argv)
@@ -130,18 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}")
     images = Images.load(args.data_dir)
+    catalog.install(args.models_dir, args.mirror)
     models = {threads: Models(args.models_dir, threads) for threads in (1, 2)}
     logs = ROOT / "benchmarks" / "reports"
     logs.mkdir(parents=True, exist_ok=True)
-    server = ServerProcess(
-        ServerConfig("default"), args.models_dir, logs / "latency_interleaved_server.log"
-    )
+    # The harness's batching-on server (the defaults, admission control off).
+    server = ServerProcess(CONFIGS[0], args.models_dir, logs / "latency_interleaved_server.log")
     results = {}
     try:
         asyncio.run(server.ready())
         for workload in workloads:
             results[workload] = measure(
-                server.target, server.metadata, models, workload, images, args.blocks, args.block_s
+                server.target,
+                server.metadata,
+                models,
+                workload,
+                images,
+                args.blocks,
+                args.block_s,
+                timeout_s=args.timeout,
             )
     finally:
         server.stop()

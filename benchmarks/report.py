@@ -107,7 +107,7 @@ def targets(run: Run) -> dict[str, Any]:
             "latency_ratio_at_1": _ratio(_get(one, "p50_ms"), _get(ceiling, "latency_p50_ms")),
             "latency_ratio_target": MAX_LATENCY_RATIO,
         }
-        if workload in interleaved:
+        if isinstance(interleaved.get(workload), dict) and "ratio" in interleaved[workload]:
             turns = interleaved[workload]
             entry["interleaved"] = {
                 "vigil_p50_ms": turns["vigil_p50_ms"],

@@ -323,9 +323,13 @@ async def run_servers(
         sweeping = {c.name: (servers[c.name].target, servers[c.name].pid) for c in CONFIGS}
         run["points"] += await sweep(args, sweeping, requests, progress, after_workload)
         if not args.skip_raw:
-            run["interleaved"] = await asyncio.to_thread(
-                interleaved_latency, args, images, servers[CONFIGS[0].name], progress
-            )
+            try:
+                run["interleaved"] = await asyncio.to_thread(
+                    interleaved_latency, args, images, servers[CONFIGS[0].name], progress
+                )
+            except grpc.RpcError as exc:  # keep the sweep's results; report what went wrong
+                progress.say(f"concurrency 1 taking turns failed: {exc}")
+                run["interleaved"] = {"error": str(exc)}
         if "overload" in servers:
             server = servers["overload"]
             run["overload"] = await overload_point(
@@ -362,6 +366,7 @@ def interleaved_latency(
             blocks,
             block_s,
             progress.say,
+            args.timeout,
         )
         for workload in args.workloads
     }
