@@ -78,9 +78,9 @@ class Settings(BaseSettings):
     """Largest image side accepted, in pixels."""
     max_message_bytes: int | None = None
     """Largest gRPC message; default twice ``max_image_bytes`` plus 1 MiB (a two-image Verify)."""
-    detect_max_side: int = 640
+    detect_max_side: int = Field(default=640, ge=32)
     """Images are scaled down to this longer side for detection (boxes are in full pixels)."""
-    detect_min_side: int = 320
+    detect_min_side: int = Field(default=320, ge=1)
     """Images whose longer side is smaller are scaled up to it for detection (tiny photos)."""
     min_face_px: float = 20.0
     """Faces smaller than this (shorter box side, in pixels) are ignored."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from inference import align, catalog
 from inference.backends import BackendOptions, get_backend
@@ -15,6 +16,7 @@ from inference.detector import YuNetDetector, scale_for_detector
 from inference.errors import InvalidMedia, MediaTooLarge, ModelError, UnsupportedMedia
 from inference.media import ImageLimits, decode_image, probe, sniff
 from inference.models import chips_to_tensor
+from server.settings import Settings
 from tests.conftest import FACES, SHARED, SPOOF, read
 
 LIMITS = ImageLimits()
@@ -216,3 +218,9 @@ def test_the_cpu_backend_answers_the_same_with_one_thread_or_several(
     embedder.unload()
     with pytest.raises(ModelError, match="unloaded"):
         embedder.infer({"input": chip}, alone=False)
+
+
+@pytest.mark.parametrize(("name", "value"), [("detect_max_side", 0), ("detect_min_side", 0)])
+def test_detector_sizes_that_cannot_work_are_refused_at_startup(name: str, value: int) -> None:
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})
