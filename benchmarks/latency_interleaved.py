@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from benchmarks.raw_engine import Item, Models
+from benchmarks.raw_engine import Models, single_request_variants
 from benchmarks.run import CONFIGS
 from benchmarks.servers import ServerProcess
 from benchmarks.workloads import METHODS, ROOT, WORKLOADS, Images, default_data_dir, request_bytes
@@ -35,20 +35,6 @@ from inference import catalog
 
 REPORT = ROOT / "benchmarks" / "reports" / "latency_interleaved.json"
 OPTIONS = [("grpc.max_send_message_length", 64 << 20)]
-
-
-def raw_variants(
-    models: dict[int, Models], workload: str, pool: ThreadPoolExecutor
-) -> dict[str, Callable[[Item], object]]:
-    """One request in-process, the ways ``raw_engine`` measures a single request."""
-    variants: dict[str, Callable[[Item], object]] = {}
-    for threads, m in models.items():
-        variants[f"sequential, intra {threads}"] = lambda item, m=m: m.process(workload, [item])
-        if workload == "verify":
-            variants[f"sides in parallel, intra {threads}"] = lambda item, m=m: list(
-                pool.map(lambda data: m.embed([m.detect(data)])[0], item)
-            )
-    return variants
 
 
 def _passes(fn: Callable[[object], object], items: Sequence[object], seconds: float) -> list[float]:
@@ -88,7 +74,7 @@ def measure(
         def served_call(request: object) -> object:
             return call(request, metadata=metadata, timeout=timeout_s)
 
-        variants = raw_variants(models, workload, pool)
+        variants = single_request_variants(models, workload, pool)
         _passes(served_call, requests, 0.0)  # warm-up
         choice = {
             name: statistics.median(_passes(fn, items, 0.0) + _passes(fn, items, 0.0))

@@ -188,30 +188,39 @@ def _median_latency(fn: Callable[[Item], object], items: Sequence[Item], rounds:
     return statistics.median(samples)
 
 
-def _latencies(
-    models_by_threads: dict[int, Models], workload: str, items: Sequence[Item], rounds: int
-) -> dict[str, float]:
-    """Single-request latency variants: one call at a time with 1 or 2 intra-op threads; for
-    ``verify`` also the two sides on two threads at once (what the server does)."""
-    variants: dict[str, float] = {}
+def single_request_variants(
+    models_by_threads: dict[int, Models], workload: str, pool: ThreadPoolExecutor
+) -> dict[str, Callable[[Item], object]]:
+    """The ways to answer one request alone: one call at a time with 1 or 2 intra-op threads;
+    for ``verify`` also the two sides on two threads at once (what the server does), on
+    ``pool``."""
+    variants: dict[str, Callable[[Item], object]] = {}
     for threads, models in models_by_threads.items():
 
         def one_request(item: Item, m: Models = models) -> int:
             return m.process(workload, [item])
 
-        variants[f"sequential, intra {threads}"] = _median_latency(one_request, items, rounds)
+        variants[f"sequential, intra {threads}"] = one_request
     if workload == "verify":
-        with ThreadPoolExecutor(2) as pool:
-            for threads, models in models_by_threads.items():
+        for threads, models in models_by_threads.items():
 
-                def both_sides(item: Item, m: Models = models) -> float:
-                    a, b = pool.map(lambda data: m.embed([m.detect(data)])[0], item)
-                    return euclidean(a, b)
+            def both_sides(item: Item, m: Models = models) -> float:
+                a, b = pool.map(lambda data: m.embed([m.detect(data)])[0], item)
+                return euclidean(a, b)
 
-                variants[f"sides in parallel, intra {threads}"] = _median_latency(
-                    both_sides, items, rounds
-                )
+            variants[f"sides in parallel, intra {threads}"] = both_sides
     return variants
+
+
+def _latencies(
+    models_by_threads: dict[int, Models], workload: str, items: Sequence[Item], rounds: int
+) -> dict[str, float]:
+    """Median single-request latency of each of ``single_request_variants``."""
+    with ThreadPoolExecutor(2) as pool:
+        return {
+            name: _median_latency(fn, items, rounds)
+            for name, fn in single_request_variants(models_by_threads, workload, pool).items()
+        }
 
 
 def measure(
