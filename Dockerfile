@@ -7,18 +7,19 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# ---------------------------------------------------------------- build a wheel of vigil
+# ---------------------------------------------------------------- build the wheels (vigil-client, vigil)
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # Only what the package needs (no .venv, tests or benchmarks in the build context's copy).
-COPY pyproject.toml README* LICENSE* ./
+COPY pyproject.toml README.md LICENSE ./
 COPY protos/ protos/
 COPY server/ server/
 COPY inference/ inference/
 COPY storage/ storage/
 COPY clients/ clients/
-RUN pip wheel --no-deps --wheel-dir /wheels .
+# clients/ builds vigil-client and takes the contract from ../protos.
+RUN pip wheel --no-deps --wheel-dir /wheels ./clients .
 
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE}
@@ -38,6 +39,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /wheels /wheels
+# Both wheels in one call: the server's exact pin on vigil-client is met by the local wheel.
 RUN pip install /wheels/*.whl && rm -rf /wheels
 
 COPY docker/entrypoint.sh /usr/local/bin/vigil-entrypoint

@@ -6,17 +6,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint proto proto-check bench docs models clean
+.PHONY: setup serve test lint proto proto-check bench docs models wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# Both distributions, editable: vigil-client (clients/) first satisfies the server's pin on it.
+$(STAMP): pyproject.toml clients/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ./clients -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)  ## install vigil and its development tools into .venv
+setup: $(STAMP)  ## install vigil and vigil-client (editable) and the development tools into .venv
 
 models: setup  ## install and verify the model files
 	$(BIN)/vigil models install
@@ -33,6 +34,7 @@ test: models  ## install everything and run the test suite
 lint: setup  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/typecheck_tree.py
 	$(BIN)/mypy
 
 proto: setup  ## regenerate the Python code of protos/vigil/v1/*.proto
@@ -47,8 +49,12 @@ bench: models  ## the benchmark harness (takes minutes); ARGS="--quick" for a sm
 	$(BIN)/python -m pip install --quiet --no-deps face_recognition  # its dlib comes from dlib-bin
 	$(BIN)/vigil bench $(ARGS)
 
+wheels: setup  ## build the two wheels (vigil-client and vigil) into dist/
+	$(BIN)/python -m build --wheel --no-isolation --outdir dist clients
+	$(BIN)/python -m build --wheel --no-isolation --outdir dist .
+
 docs: setup  ## rewrite the configuration table in README.md from server/settings.py
 	$(BIN)/python scripts/settings_table.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck dist build clients/build

@@ -3,7 +3,7 @@
 For N random 128-d float32 faces (1e3 … 1e6) it measures
 
 * the memory of the index entry (the float32 matrix, 512 B per face, plus its row norms);
-* the median time of one top-5 search on the matrix (``storage.face_index.rank``: one
+* the median time of one top-5 search on the matrix (``vigil.storage.face_index.rank``: one
   matrix-vector product, argpartition, exact distances for the 5);
 * for N up to 1e5, with the faces stored in a SQLite collection: the time a replica takes to load
   them into its index (the first, cold ``FaceIndex.search_detailed``), and the median of a warm
@@ -32,11 +32,11 @@ import numpy as np
 from sqlalchemy import insert, update
 from sqlmodel import col
 
-from storage import collections as repo
-from storage.db import Database, migrate
-from storage.face_index import FaceIndex, IndexEntry, rank
-from storage.folders import ensure_company
-from storage.tables import Collection, CollectionFace, new_id
+from vigil.storage import collections as repo
+from vigil.storage.db import Database, migrate
+from vigil.storage.face_index import FaceIndex, IndexEntry, rank
+from vigil.storage.folders import ensure_company
+from vigil.storage.tables import Collection, CollectionFace, new_id
 
 REPORT = Path(__file__).resolve().parent / "reports" / "collections_scale.json"
 SIZES = (1_000, 10_000, 100_000, 1_000_000)

@@ -31,7 +31,7 @@ from benchmarks.raw_engine import Models, single_request_variants
 from benchmarks.run import CONFIGS
 from benchmarks.servers import ServerProcess
 from benchmarks.workloads import METHODS, ROOT, WORKLOADS, Images, default_data_dir, request_bytes
-from inference import catalog
+from vigil.inference import catalog
 
 REPORT = ROOT / "benchmarks" / "reports" / "latency_interleaved.json"
 OPTIONS = [("grpc.max_send_message_length", 64 << 20)]

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inference import align
-from inference.catalog import DLIB_RESNET, MINIFASNET_V1SE, MINIFASNET_V2, YUNET, ModelSpec
-from inference.detector import decode, prepare, rescale
-from inference.media import ImageLimits, decode_image
-from inference.models import chips_to_tensor, ensemble_real_probability, euclidean
-from inference.types import Face
+from vigil.inference import align
+from vigil.inference.catalog import DLIB_RESNET, MINIFASNET_V1SE, MINIFASNET_V2, YUNET, ModelSpec
+from vigil.inference.detector import decode, prepare, rescale
+from vigil.inference.media import ImageLimits, decode_image
+from vigil.inference.models import chips_to_tensor, ensemble_real_probability, euclidean
+from vigil.inference.types import Face
 
 LIMITS = ImageLimits()
 BATCH_CANDIDATES = (1, 8, 16, 32, 64)

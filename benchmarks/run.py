@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "interleaved": None,
     }
     if not args.server or not args.skip_raw:
-        from inference import catalog
+        from vigil.inference import catalog
 
         catalog.install(args.models_dir, args.mirror)
     items = {w: images.items(w) for w in args.workloads}

@@ -91,7 +91,15 @@ class ServerProcess:
         self._log = log_path.open("wb")
         key_file = self.data_dir / "admin.key"
         subprocess.run(
-            [sys.executable, "-m", "server", "admin", "bootstrap", "--key-file", str(key_file)],
+            [
+                sys.executable,
+                "-m",
+                "vigil.server",
+                "admin",
+                "bootstrap",
+                "--key-file",
+                str(key_file),
+            ],
             cwd=root,
             env=env,
             check=True,
@@ -103,7 +111,7 @@ class ServerProcess:
             [
                 sys.executable,
                 "-m",
-                "server",
+                "vigil.server",
                 "serve",
                 "--host",
                 "127.0.0.1",

@@ -33,9 +33,9 @@ import numpy as np
 from benchmarks.raw_engine import Models
 from benchmarks.servers import ServerConfig, ServerProcess
 from benchmarks.workloads import ROOT, default_data_dir
-from inference.catalog import YUNET
-from inference.detector import decode, prepare, rescale
-from inference.video import VideoLimits, VideoSampling, decode_video
+from vigil.inference.catalog import YUNET
+from vigil.inference.detector import decode, prepare, rescale
+from vigil.inference.video.decode import VideoLimits, VideoSampling, decode_video
 from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 OZ_PER_POD_PER_MINUTE = 34.0

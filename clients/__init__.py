@@ -1,8 +1,8 @@
 """vigil's Python SDK: blocking and asyncio clients with typed results."""
 
-from clients.aio import AsyncVigilClient
-from clients.errors import VigilRpcError
-from clients.results import (
+from vigil.client.aio import AsyncVigilClient
+from vigil.client.errors import VigilRpcError
+from vigil.client.results import (
     DetectResult,
     Face,
     LivenessResult,
@@ -10,8 +10,8 @@ from clients.results import (
     TemplateResult,
     VerifyResult,
 )
-from clients.sync import VigilClient
-from clients.verdicts import Verdict, VerdictError, verify_verdict
+from vigil.client.sync import VigilClient
+from vigil.client.verdicts import Verdict, VerdictError, verify_verdict
 
 __all__ = [
     "AsyncVigilClient",

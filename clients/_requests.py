@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from clients.results import Template
+from vigil.client.results import Template
 from vigil.v1 import auth_pb2, common_pb2, instant_pb2, video_pb2
 
 #: An image as a path or raw bytes, or (for verification) a template.

@@ -15,8 +15,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients.cli import DEFAULT_SERVER, add_connection_arguments, connection_of
-from clients.errors import VigilRpcError
+from vigil.client.commands import DEFAULT_SERVER, add_connection_arguments, connection_of
+from vigil.client.errors import VigilRpcError
 from vigil.v1 import auth_pb2, auth_pb2_grpc
 
 ROLES = [name.removeprefix("ROLE_") for name in auth_pb2.Role.keys()[1:]]

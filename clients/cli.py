@@ -1,145 +1,63 @@
-"""Client commands of the ``vigil`` CLI: detect, liveness, template, verify (over gRPC).
+"""The ``vigil`` command line: the client commands, plus those of installed plugins.
 
-With ``--json`` each prints one JSON object on stdout. A failed call exits with status 1 and
-prints ``STATUS_NAME: message`` on stderr; a file that cannot be read exits with status 2.
+``vigil-client`` owns the ``vigil`` script. The server distribution adds its commands (``serve``,
+``worker``, ``models``, ``admin bootstrap``, ``bench``) through the ``vigil.commands`` entry-point
+group, so the client never imports the server: with the client alone, ``vigil serve`` says which
+distribution to install.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from importlib.metadata import entry_points
 
-from clients.connection import Connection
-from clients.errors import VigilRpcError
-from clients.results import as_json
-from clients.sync import VigilClient
-from clients.video_results import video_declined, video_summary
+from vigil.client.admin_cli import add_admin_commands
+from vigil.client.commands import add_client_commands
+from vigil.client.stream import add_stream_command
 
-DEFAULT_SERVER = os.environ.get("VIGIL_SERVER", "localhost:50051")
+PLUGIN_GROUP = "vigil.commands"
+#: Commands the server distribution provides; named here only to say what to install.
+SERVER_COMMANDS = ("serve", "worker", "models", "bench")
 
 
-def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise SystemExit(_fail(2, f"error: cannot read {path}: {exc.strerror or exc}")) from None
-
-
-def _fail(code: int, message: str) -> int:
-    print(message, file=sys.stderr)
-    return code
-
-
-def _box(face: dict[str, Any]) -> str:
-    x, y, w, h = face["box"]
-    return f"box=({x:.0f},{y:.0f},{w:.0f}x{h:.0f}) score={face['detection_score']:.3f}"
-
-
-def _detect(client: VigilClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    result = as_json(client.detect(_read(args.file)))
-    lines = [
-        f"{len(result['faces'])} face(s) in {result['width']}x{result['height']} "
-        f"{result['content_type']}"
-    ]
-    lines += [f"  {i}: {_box(face)}" for i, face in enumerate(result["faces"])]
-    return result, "\n".join(lines)
-
-
-def _liveness(client: VigilClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    result = as_json(client.liveness(_read(args.file), args.single))  # an image or a video
-    verdict = "LIVE" if result["live"] else "SPOOF"
-    if result["video"] and video_declined(result["video"]):
-        verdict = "DECLINED"
-    return (
-        result,
-        f"{verdict} score={result['score']:.4f} threshold={result['threshold']:.2f} "
-        f"{_box(result['face'])}{video_summary(result)}",
+def _parser() -> tuple[argparse.ArgumentParser, set[str]]:
+    """The parser, and the names of its top-level commands."""
+    parser = argparse.ArgumentParser(
+        prog="vigil", description="Face liveness and matching over gRPC"
     )
-
-
-def _template(client: VigilClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    result = as_json(client.template(_read(args.file), args.single))
-    template = result["template"]
-    head = ", ".join(f"{v:.4f}" for v in template["values"][:4])
-    return result, (
-        f"{template['model']}:{template['model_version']} {len(template['values'])} values "
-        f"[{head}, ...] {_box(result['face'])}"
+    sub = parser.add_subparsers(dest="command", required=True)
+    admin = sub.add_parser("admin", help="administration").add_subparsers(
+        dest="admin_command", required=True
     )
+    for plugin in entry_points(group=PLUGIN_GROUP):
+        plugin.load()(sub, admin)
+    add_admin_commands(admin)
+    add_client_commands(sub)
+    add_stream_command(sub)
+    return parser, set(sub.choices)
 
 
-def _verify(client: VigilClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    result = as_json(client.verify(_read(args.file_a), _read(args.file_b), args.single))
-    verdict = "MATCH" if result["match"] else "NO MATCH"
-    return result, (
-        f"{verdict} similarity={result['similarity']:.4f} distance={result['distance']:.4f} "
-        f"(threshold {result['distance_threshold']:.2f}, {result['metric']})"
-    )
+def build_parser() -> argparse.ArgumentParser:
+    return _parser()[0]
 
 
-COMMANDS: dict[
-    str, tuple[str, Callable[[VigilClient, argparse.Namespace], tuple[dict[str, Any], str]]]
-] = {
-    "detect": ("find the faces in an image", _detect),
-    "liveness": ("is the image's subject a live person?", _liveness),
-    "template": ("the face template (embedding) of the image's subject", _template),
-    "verify": ("are two images the same person?", _verify),
-}
-
-
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    """Credential and TLS options (each defaults to its VIGIL_* environment variable)."""
-    parser.add_argument("--api-key", help="API key (default $VIGIL_API_KEY)")
-    parser.add_argument(
-        "--tls-ca", type=Path, help="CA of the server's certificate ($VIGIL_TLS_CA)"
-    )
-    parser.add_argument("--tls-cert", type=Path, help="client certificate, mTLS ($VIGIL_TLS_CERT)")
-    parser.add_argument("--tls-key", type=Path, help="client key, mTLS ($VIGIL_TLS_KEY)")
-
-
-def connection_of(args: argparse.Namespace) -> Connection:
-    return Connection.from_env(
-        args.server,
-        api_key=args.api_key,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-    )
-
-
-def add_client_commands(subparsers: Any) -> None:
-    for name, (help_text, handler) in COMMANDS.items():
-        parser = subparsers.add_parser(name, help=help_text, description=help_text)
-        if name == "verify":
-            parser.add_argument("file_a", metavar="FILE_A")
-            parser.add_argument("file_b", metavar="FILE_B")
-        else:
-            parser.add_argument("file", metavar="FILE")
-        parser.add_argument(
-            "--server", default=DEFAULT_SERVER, help="HOST:PORT (default %(default)s)"
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, commands = _parser()
+    if argv[:1] and argv[0] in SERVER_COMMANDS and argv[0] not in commands:
+        print(
+            f"vigil: `vigil {argv[0]}` is part of the server; install it: pip install vigil",
+            file=sys.stderr,
         )
-        parser.add_argument("--json", action="store_true", help="print one JSON object")
-        parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-        add_connection_arguments(parser)
-        if name != "detect":
-            parser.add_argument(
-                "--single", action="store_true", help="fail when the image holds several faces"
-            )
-        parser.set_defaults(handler=lambda args, h=handler: run_client_command(h, args))
+        return 2
+    # A command may take arguments it passes on unread (`vigil bench ARGS` → the harness).
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_extra_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_arguments = extra
+    return int(args.handler(args))
 
 
-def run_client_command(
-    handler: Callable[[VigilClient, argparse.Namespace], tuple[dict[str, Any], str]],
-    args: argparse.Namespace,
-) -> int:
-    try:
-        with VigilClient(timeout=args.timeout, connection=connection_of(args)) as client:
-            result, text = handler(client, args)
-    except VigilRpcError as error:
-        return _fail(1, f"{error.code}: {error.message}")
-    print(json.dumps(result) if args.json else text)
-    return 0
+if __name__ == "__main__":
+    sys.exit(main())

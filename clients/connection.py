@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from clients._requests import CHANNEL_OPTIONS
+from vigil.client._requests import CHANNEL_OPTIONS
 
 
 @dataclass(frozen=True)

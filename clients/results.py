@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from vigil.v1 import common_pb2, instant_pb2
 
 if TYPE_CHECKING:
-    from clients.video_results import VideoDetail
+    from vigil.client.video_results import VideoDetail
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class LivenessResult:
 
     @classmethod
     def from_proto(cls, reply: instant_pb2.LivenessResponse) -> LivenessResult:
-        from clients.video_results import video_detail  # imports this module
+        from vigil.client.video_results import video_detail  # imports this module
 
         return cls(
             live=reply.live,

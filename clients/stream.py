@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from clients.cli import DEFAULT_SERVER, add_connection_arguments, connection_of
-from clients.errors import VigilRpcError
-from clients.results import as_json
-from clients.sync import VigilClient
+from vigil.client.commands import DEFAULT_SERVER, add_connection_arguments, connection_of
+from vigil.client.errors import VigilRpcError
+from vigil.client.results import as_json
+from vigil.client.sync import VigilClient
 
 _ROTATE = {90: 0, 180: 1, 270: 2}  # clockwise degrees → cv2.ROTATE_* codes
 

@@ -7,11 +7,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from clients import _requests as build
-from clients.connection import Connection
-from clients.errors import VigilRpcError
-from clients.results import DetectResult, LivenessResult, TemplateResult, VerifyResult
-from clients.video_results import StreamUpdate
+from vigil.client import _requests as build
+from vigil.client.connection import Connection
+from vigil.client.errors import VigilRpcError
+from vigil.client.results import DetectResult, LivenessResult, TemplateResult, VerifyResult
+from vigil.client.video_results import StreamUpdate
 from vigil.v1 import auth_pb2, auth_pb2_grpc, instant_pb2, instant_pb2_grpc
 
 T = TypeVar("T")

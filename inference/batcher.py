@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from inference import metrics
-from inference.backends.base import LoadedModel
-from inference.errors import DeadlineExpired, Overloaded, Unavailable
+from vigil.inference import metrics
+from vigil.inference.backends.base import LoadedModel
+from vigil.inference.errors import DeadlineExpired, Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.errors import ModelError
+from vigil.inference.errors import ModelError
 
 
 @dataclass(frozen=True)

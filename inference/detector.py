@@ -10,8 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from inference.backends.base import LoadedModel
-from inference.types import Face
+from vigil.inference.backends.base import LoadedModel
+from vigil.inference.types import Face
 
 STRIDES = (8, 16, 32)
 

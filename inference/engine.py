@@ -22,10 +22,10 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from inference import align, metrics
-from inference.backends import BackendOptions, LoadedModel, get_backend
-from inference.batcher import Batcher, BatcherConfig, run_jobs
-from inference.catalog import (
+from vigil.inference import align, metrics
+from vigil.inference.backends import BackendOptions, LoadedModel, get_backend
+from vigil.inference.batcher import Batcher, BatcherConfig, run_jobs
+from vigil.inference.catalog import (
     DEFAULT_MODELS,
     DLIB_RESNET,
     MINIFASNET_V1SE,
@@ -34,16 +34,22 @@ from inference.catalog import (
     ModelSpec,
     verify_installed,
 )
-from inference.detector import YuNetDetector
-from inference.errors import FaceNotFound, InvalidTemplate, MultipleFaces, Overloaded, Unavailable
-from inference.media import DecodedImage, ImageLimits, decode_image
-from inference.models import (
+from vigil.inference.detector import YuNetDetector
+from vigil.inference.errors import (
+    FaceNotFound,
+    InvalidTemplate,
+    MultipleFaces,
+    Overloaded,
+    Unavailable,
+)
+from vigil.inference.media import DecodedImage, ImageLimits, decode_image
+from vigil.inference.models import (
     chips_to_tensor,
     ensemble_real_probability,
     euclidean,
     similarity_from_distance,
 )
-from inference.types import Face, LivenessScore, Subject, Timings
+from vigil.inference.types import Face, LivenessScore, Subject, Timings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

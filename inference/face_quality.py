@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inference.types import Face
+from vigil.inference.types import Face
 
 
 @dataclass(frozen=True)

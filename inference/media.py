@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inference.errors import InvalidMedia, MediaTooLarge, UnsupportedMedia
+from vigil.inference.errors import InvalidMedia, MediaTooLarge, UnsupportedMedia
 
 #: Types vigil decodes, by sniffed MIME type.
 SUPPORTED_IMAGE_TYPES = (

@@ -11,4 +11,4 @@ python -m grpc_tools.protoc \
   --grpc_python_out=protos \
   --mypy_grpc_out=protos \
   protos/vigil/v1/*.proto
-touch protos/vigil/__init__.py protos/vigil/v1/__init__.py
+touch protos/vigil/v1/__init__.py  # vigil itself is a namespace package (no __init__.py)

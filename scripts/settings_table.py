@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from server.settings import Settings  # noqa: E402
+from vigil.server.settings import Settings  # noqa: E402
 
 HEADER = "| variable | default | meaning |\n| --- | --- | --- |\n"
 

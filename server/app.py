@@ -12,26 +12,31 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from inference.backends import BackendOptions
-from inference.batcher import BatcherConfig
-from inference.catalog import DEFAULT_MODELS, YUNET
-from inference.engine import Engine, EngineConfig
-from inference.media import ImageLimits
-from server.accounts_service import AdminServicer, AuthServicer, OperatorsServicer, VerdictsServicer
-from server.analysis_worker import AnalysisWorkers
-from server.auth import AuthInterceptor
-from server.collections_service import CollectionsServicer
-from server.context import AppContext
-from server.folders_service import FoldersServicer
-from server.instant import InstantServicer
-from server.interceptors import ErrorMappingInterceptor
-from server.security import Security, build_security, server_credentials
-from server.settings import Settings
-from server.webhook_dispatch import WebhookDispatcher
-from server.webhooks_service import WebhooksServicer
-from storage.blobs import LocalBlobStore
-from storage.db import Database, migrate
-from storage.face_index import FaceIndex
+from vigil.inference.backends import BackendOptions
+from vigil.inference.batcher import BatcherConfig
+from vigil.inference.catalog import DEFAULT_MODELS, YUNET
+from vigil.inference.engine import Engine, EngineConfig
+from vigil.inference.media import ImageLimits
+from vigil.server.api.accounts import (
+    AdminServicer,
+    AuthServicer,
+    OperatorsServicer,
+    VerdictsServicer,
+)
+from vigil.server.api.collections import CollectionsServicer
+from vigil.server.api.folders import FoldersServicer
+from vigil.server.api.instant import InstantServicer
+from vigil.server.api.interceptor import ErrorMappingInterceptor
+from vigil.server.api.webhooks import WebhooksServicer
+from vigil.server.context import AppContext
+from vigil.server.jobs.webhooks import WebhookDispatcher
+from vigil.server.jobs.worker import AnalysisWorkers
+from vigil.server.security.auth import AuthInterceptor
+from vigil.server.security.tls import Security, build_security, server_credentials
+from vigil.server.settings import Settings
+from vigil.storage.blobs import LocalBlobStore
+from vigil.storage.db import Database, migrate
+from vigil.storage.face_index import FaceIndex
 from vigil.v1 import (
     auth_pb2,
     auth_pb2_grpc,

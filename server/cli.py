@@ -1,4 +1,9 @@
-"""The ``vigil`` command line: serving and model management here, client commands from clients/."""
+"""The server's commands of the ``vigil`` command line: serve, worker, models, admin bootstrap,
+bench.
+
+They reach the ``vigil`` script (owned by ``vigil-client``) through the ``vigil.commands`` entry
+point; ``python -m vigil.server`` runs the same script.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,12 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from clients.admin_cli import add_admin_commands
-from clients.cli import add_client_commands
-from clients.stream import add_stream_command
-from inference import catalog
-from inference.errors import VigilError
-from server.settings import Settings
+from vigil.client.cli import main
+from vigil.inference import catalog
+from vigil.inference.errors import VigilError
+from vigil.server.settings import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -31,9 +35,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from server.app import serve_forever
-    from server.metrics import serve_metrics
-    from server.security import InsecureConfiguration  # lazy: keeps `vigil admin` quick
+    from vigil.server.app import serve_forever
+    from vigil.server.metrics import serve_metrics
+    from vigil.server.security.tls import InsecureConfiguration  # lazy: keeps `vigil admin` quick
 
     if args.install_models:
         catalog.install(settings.resolved_models_dir, settings.model_mirror)
@@ -54,7 +58,7 @@ def _worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from server.app import work_forever
+    from vigil.server.app import work_forever
 
     try:
         asyncio.run(work_forever(settings))
@@ -66,8 +70,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     """Create the first ADMIN API key directly in the database and print it (once)."""
-    from storage import credentials
-    from storage.db import Database, migrate
+    from vigil.storage import credentials
+    from vigil.storage.db import Database, migrate
 
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -122,16 +126,12 @@ def _bench(args: argparse.Namespace) -> int:
     if not (root / "benchmarks" / "run.py").is_file():
         print("vigil: the benchmark harness is in the source tree only", file=sys.stderr)
         return 2
-    command = [sys.executable, "-m", "benchmarks.run", *args.bench_args]
+    command = [sys.executable, "-m", "benchmarks.run", *args.extra_arguments]
     return subprocess.call(command, cwd=root)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vigil", description="Face liveness and matching over gRPC"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: Any, admin: Any) -> None:
+    """Registers the server's commands (the ``vigil.commands`` entry point)."""
     serve = sub.add_parser("serve", help="start the gRPC server")
     serve.add_argument("--port", type=int, help="gRPC port (default 50051, VIGIL_PORT)")
     serve.add_argument("--metrics-port", type=int, help="Prometheus port (default 9095; 0 = off)")
@@ -141,9 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
-    admin = sub.add_parser("admin", help="administration").add_subparsers(
-        dest="admin_command", required=True
-    )
     bootstrap = admin.add_parser("bootstrap", help="create the first ADMIN key and print it once")
     bootstrap.add_argument("--company", default="operator", help="the operator's company name")
     bootstrap.add_argument("--key-file", help="write the key to this file (mode 0600) instead")
@@ -151,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--if-needed", action="store_true", help="do nothing (exit 0) if an administrator exists"
     )
     bootstrap.set_defaults(handler=_bootstrap)
-    add_admin_commands(admin)
 
     worker = sub.add_parser("worker", help="run analysis workers only (shares the database queue)")
     worker.set_defaults(handler=_worker)
@@ -165,21 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     install.set_defaults(handler=_models_install)
     models.add_parser("list", help="the model catalog").set_defaults(handler=_models_list)
 
-    bench = sub.add_parser("bench", help="run the benchmark harness (arguments are passed on)")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(handler=_bench)
-
-    add_client_commands(sub)
-    add_stream_command(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the harness, flags included
-        return _bench(argparse.Namespace(bench_args=argv[1:]))
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    bench = sub.add_parser(
+        "bench", help="run the benchmark harness (every argument is passed on to it)"
+    )
+    bench.set_defaults(handler=_bench, passes_extra_arguments=True)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 import grpc
 from sqlmodel import Session
 
-from inference.engine import Engine
-from server.principal import current_principal
-from server.settings import Settings
-from storage.blobs import LocalBlobStore
-from storage.db import Database
+from vigil.inference.engine import Engine
+from vigil.server.security.principal import current_principal
+from vigil.server.settings import Settings
+from vigil.storage.blobs import LocalBlobStore
+from vigil.storage.db import Database
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
-from inference.errors import InvalidArgument
+from vigil.inference.errors import InvalidArgument
 
 SIGNATURE_HEADER = "X-Vigil-Signature"
 DELIVERY_HEADER = "X-Vigil-Delivery"

@@ -17,9 +17,9 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, or_, update
 from sqlmodel import Session, col, select
 
-from storage.common import not_found
-from storage.folders import get_folder
-from storage.tables import Analysis, Folder, utcnow
+from vigil.storage.common import not_found
+from vigil.storage.folders import get_folder
+from vigil.storage.tables import Analysis, Folder, utcnow
 
 FINAL_STATES = ("FINISHED", "FAILED")
 #: Order of precedence when a folder's analyses disagree.

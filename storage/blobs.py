@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from inference.errors import MediaTooLarge, NotFound
+from vigil.inference.errors import MediaTooLarge, NotFound
 
 
 class BlobWriter:

@@ -18,10 +18,10 @@ from sqlalchemy import CursorResult, and_, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from inference.catalog import DLIB_RESNET
-from inference.errors import AlreadyExists, InvalidArgument, InvalidTemplate
-from storage.common import decode_page_token, encode_page_token, not_found, validate_meta
-from storage.tables import Collection, CollectionFace
+from vigil.inference.catalog import DLIB_RESNET
+from vigil.inference.errors import AlreadyExists, InvalidArgument, InvalidTemplate
+from vigil.storage.common import decode_page_token, encode_page_token, not_found, validate_meta
+from vigil.storage.tables import Collection, CollectionFace
 
 #: Collections are made for the server's embedding model.
 MODEL_NAME = DLIB_RESNET.name

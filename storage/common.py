@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from inference.errors import InvalidArgument, NotFound
+from vigil.inference.errors import InvalidArgument, NotFound
 
 MAX_META_KEYS = 64
 MAX_META_VALUE = 1024

@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from inference.errors import AlreadyExists, InvalidArgument, Unauthenticated
-from storage.common import decode_page_token, encode_page_token, not_found
-from storage.tables import ApiKey, AuditEvent, Company, RefreshToken, User, utcnow
+from vigil.inference.errors import AlreadyExists, InvalidArgument, Unauthenticated
+from vigil.storage.common import decode_page_token, encode_page_token, not_found
+from vigil.storage.tables import ApiKey, AuditEvent, Company, RefreshToken, User, utcnow
 
 KEY_PREFIX = "vk_"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from sqlmodel import Session
 
-from inference.errors import InvalidArgument, NotFound
-from inference.models import similarity_from_distance
-from storage import collections as repo
-from storage.tables import Collection
+from vigil.inference.errors import InvalidArgument, NotFound
+from vigil.inference.models import similarity_from_distance
+from vigil.storage import collections as repo
+from vigil.storage.tables import Collection
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,17 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, delete, exists, func, or_
 from sqlmodel import Session, col, select
 
-from inference.errors import InvalidArgument
-from storage.common import decode_page_token, encode_page_token, not_found, validate_meta
-from storage.tables import Analysis, Company, Folder, FolderMeta, Media, WebhookDelivery, utcnow
+from vigil.inference.errors import InvalidArgument
+from vigil.storage.common import decode_page_token, encode_page_token, not_found, validate_meta
+from vigil.storage.tables import (
+    Analysis,
+    Company,
+    Folder,
+    FolderMeta,
+    Media,
+    WebhookDelivery,
+    utcnow,
+)
 
 DEFAULT_COMPANY = "default"
 

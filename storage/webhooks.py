@@ -7,7 +7,7 @@ event already queued.
 
 A PENDING delivery whose ``next_attempt_at`` has come and that holds no live lease is due.
 ``claim_delivery`` takes one with a single atomic ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP
-LOCKED LIMIT 1) RETURNING`` (as ``storage.analyses.claim``); ``record_attempt`` appends the
+LOCKED LIMIT 1) RETURNING`` (as ``vigil.storage.analyses.claim``); ``record_attempt`` appends the
 attempt and, only while the caller still holds the lease, makes the delivery DELIVERED (2xx),
 FAILED (the last attempt) or schedules the next try with exponential backoff.
 """
@@ -21,10 +21,10 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, or_, update
 from sqlmodel import Session, col, select
 
-from inference.errors import InvalidArgument, Overloaded
-from storage.common import not_found
-from storage.folders import get_folder
-from storage.tables import Folder, Webhook, WebhookDelivery, utcnow
+from vigil.inference.errors import InvalidArgument, Overloaded
+from vigil.storage.common import not_found
+from vigil.storage.folders import get_folder
+from vigil.storage.tables import Folder, Webhook, WebhookDelivery, utcnow
 
 #: Subscriptions one company may hold (each folder event fans out to all of them).
 MAX_WEBHOOKS_PER_COMPANY = 100

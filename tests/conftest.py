@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from inference import catalog
-from server.settings import Settings
+from vigil.inference import catalog
+from vigil.server.settings import Settings
 from vigil.v1 import instant_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ class ServerThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            from server.app import start_server
+            from vigil.server.app import start_server
 
             self.running = self.loop.run_until_complete(start_server(self.settings))
         except BaseException as exc:  # reported to the test that started it
@@ -70,7 +70,7 @@ class ServerThread:
 
     def new_key(self, role: str, result_mode: str = "FULL", company: str = "operator") -> str:
         """A fresh API key of ``role`` in ``company`` (created if needed), made in the database."""
-        from storage import credentials, folders
+        from vigil.storage import credentials, folders
 
         app = self.running.app
 
@@ -91,7 +91,7 @@ class ServerThread:
 
     def channel(self, key: str | None = None, **options: object) -> grpc.Channel:
         """A channel to this server whose calls carry ``key`` (default: an ADMIN key)."""
-        from clients.connection import Connection, authenticated_channel
+        from vigil.client.connection import Connection, authenticated_channel
 
         return authenticated_channel(Connection(self.address, api_key=key or self.admin_key))
 

@@ -11,9 +11,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from storage import analyses as analyses_repo
-from storage import credentials
 from tests.conftest import FACES, ServerThread, make_settings, read
+from vigil.storage import analyses as analyses_repo
+from vigil.storage import credentials
 from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2, folders_pb2_grpc
 
 PASSWORD = "correct horse battery staple"

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.connection import Connection, authenticated_channel
 from tests.conftest import ServerThread
+from vigil.client.connection import Connection, authenticated_channel
 from vigil.v1 import auth_pb2, auth_pb2_grpc
 
 PASSWORD = "correct horse battery staple"
@@ -27,7 +27,7 @@ def _vigil(
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     env.update(VIGIL_API_KEY=api_key or server.admin_key, VIGIL_NEW_USER_PASSWORD=PASSWORD)
     return subprocess.Popen(
-        [sys.executable, "-m", "server", "admin", *args, "--server", server.address],
+        [sys.executable, "-m", "vigil.server", "admin", *args, "--server", server.address],
         env=env,
         cwd=cwd,
         stdin=subprocess.DEVNULL,

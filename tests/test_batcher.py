@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from inference.batcher import Batcher, BatcherConfig, model_runner, run_jobs
-from inference.catalog import DLIB_RESNET
-from inference.errors import DeadlineExpired, Overloaded, Unavailable
+from vigil.inference.batcher import Batcher, BatcherConfig, model_runner, run_jobs
+from vigil.inference.catalog import DLIB_RESNET
+from vigil.inference.errors import DeadlineExpired, Overloaded, Unavailable
 
 
 class FakeModel:

@@ -19,9 +19,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.connection import Connection, authenticated_channel
-from inference import catalog
 from tests.conftest import FACES, SHARED, SPOOF
+from vigil.client.connection import Connection, authenticated_channel
+from vigil.inference import catalog
 from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 MIRROR = Path(os.environ.get("VIGIL_MODEL_MIRROR") or SHARED / "models")
@@ -42,7 +42,7 @@ def env(models_dir, tmp_path, server) -> dict[str, str]:
 
 def vigil(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60):
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "vigil.server.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -181,7 +181,7 @@ def test_serve_health_metrics_and_sigterm(env, tmp_path) -> None:
     address = f"127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1",
+        [sys.executable, "-m", "vigil.server.cli", "serve", "--host", "127.0.0.1",
          "--port", str(port), "--metrics-port", str(metrics_port)],
         env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

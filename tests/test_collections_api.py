@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from inference.catalog import DLIB_RESNET
 from tests.conftest import FACES, ORL, ServerThread, read
+from vigil.inference.catalog import DLIB_RESNET
 from vigil.v1 import (
     collections_pb2,
     collections_pb2_grpc,
@@ -366,8 +366,8 @@ def _media_through_api(channel: grpc.Channel, company: Metadata, data: bytes) ->
 
 
 def _media_through_storage(server: ServerThread, company: Metadata, data: bytes) -> str:
-    from storage import folders as folder_repo
-    from storage.tables import Media
+    from vigil.storage import folders as folder_repo
+    from vigil.storage.tables import Media
 
     assert server.running is not None
     app = server.running.app

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from sqlmodel import Session, select
 
-from inference.errors import AlreadyExists, InvalidArgument, NotFound
-from storage import collections as repo
-from storage.db import Database, migrate
-from storage.face_index import FaceIndex, SearchHit
-from storage.folders import ensure_company
-from storage.tables import CollectionFace
+from vigil.inference.errors import AlreadyExists, InvalidArgument, NotFound
+from vigil.storage import collections as repo
+from vigil.storage.db import Database, migrate
+from vigil.storage.face_index import FaceIndex, SearchHit
+from vigil.storage.folders import ensure_company
+from vigil.storage.tables import CollectionFace
 
 DIM = repo.EMBEDDING_SIZE
 

@@ -7,9 +7,9 @@ import re
 
 from prometheus_client import REGISTRY
 
-import inference.metrics  # noqa: F401  (registers the engine's metrics)
-import server.analysis_worker
-import server.metrics  # noqa: F401  (registers the RPC metrics)
+import vigil.inference.metrics
+import vigil.server.jobs.worker
+import vigil.server.metrics  # noqa: F401  (registers the RPC metrics)
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from server.cli import build_parser
-from server.settings import Settings
 from tests.conftest import ROOT
+from vigil.client.cli import build_parser
+from vigil.server.settings import Settings
 
 README = (ROOT / "README.md").read_text()
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.backends import BackendOptions
-from inference.catalog import DLIB_RESNET
-from inference.engine import Engine, EngineConfig
 from tests.conftest import FACES, read
+from vigil.inference.backends import BackendOptions
+from vigil.inference.catalog import DLIB_RESNET
+from vigil.inference.engine import Engine, EngineConfig
 
 NAMES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from inference import align, catalog
-from inference.backends import BackendOptions, get_backend
-from inference.detector import YuNetDetector, scale_for_detector
-from inference.errors import InvalidMedia, MediaTooLarge, ModelError, UnsupportedMedia
-from inference.media import ImageLimits, decode_image, probe, sniff
-from inference.models import chips_to_tensor
-from server.settings import Settings
 from tests.conftest import FACES, SHARED, SPOOF, read
+from vigil.inference import align, catalog
+from vigil.inference.backends import BackendOptions, get_backend
+from vigil.inference.detector import YuNetDetector, scale_for_detector
+from vigil.inference.errors import InvalidMedia, MediaTooLarge, ModelError, UnsupportedMedia
+from vigil.inference.media import ImageLimits, decode_image, probe, sniff
+from vigil.inference.models import chips_to_tensor
+from vigil.server.settings import Settings
 
 LIMITS = ImageLimits()
 

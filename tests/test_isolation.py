@@ -8,8 +8,8 @@ import uuid
 import grpc
 import pytest
 
-from server.permissions import PERMISSIONS
 from tests.conftest import FACES, ServerThread, read
+from vigil.server.security.permissions import PERMISSIONS
 from vigil.v1 import (
     auth_pb2,
     auth_pb2_grpc,

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from google.protobuf import text_encoding
 
-from clients.connection import Connection, authenticated_channel
 from tests.conftest import FACES, ORL, SPOOF, ServerThread, make_settings, read
+from vigil.client.connection import Connection, authenticated_channel
 from vigil.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -43,7 +43,7 @@ from vigil.v1 import (
 from vigil.v1 import folders_pb2 as fp
 
 #: vigil's own packages, and the libraries it logs through, all at DEBUG for the run.
-OWN_LOGGERS = ("server", "storage", "inference", "clients", "vigil")
+OWN_LOGGERS = ("vigil",)
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 

@@ -13,10 +13,10 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 
-from server.permissions import PERMISSIONS, PUBLIC, ROLES
-from storage import credentials, folders
-from storage.tables import utcnow
 from tests.conftest import ServerThread
+from vigil.server.security.permissions import PERMISSIONS, PUBLIC, ROLES
+from vigil.storage import credentials, folders
+from vigil.storage.tables import utcnow
 from vigil.v1 import auth_pb2, collections_pb2, folders_pb2, instant_pb2, webhooks_pb2
 
 SERVICES = [

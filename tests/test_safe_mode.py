@@ -15,9 +15,9 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from clients import _requests as build
-from server.permissions import PERMISSIONS
 from tests.conftest import FACES, SPOOF, ServerThread, read
+from vigil.client import _requests as build
+from vigil.server.security.permissions import PERMISSIONS
 from vigil.v1 import (
     auth_pb2,
     auth_pb2_grpc,

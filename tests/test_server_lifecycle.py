@@ -17,10 +17,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-import clients
-from inference import catalog
-from inference.errors import ModelError
+import vigil.client as sdk
 from tests.conftest import FACES, SPOOF, ServerThread, make_settings, read
+from vigil.inference import catalog
+from vigil.inference.errors import ModelError
 from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -180,7 +180,7 @@ def test_failed_start_up_leaves_no_thread_behind(tmp_path) -> None:
 
 async def test_async_client(server) -> None:
     key = server.admin_key
-    async with clients.AsyncVigilClient(server.address, timeout=30, api_key=key) as client:
+    async with sdk.AsyncVigilClient(server.address, timeout=30, api_key=key) as client:
         live, spoof, found, made = await asyncio.gather(
             client.liveness(FACES / "obama.jpg"),
             client.liveness(str(SPOOF / "image_F1.jpg")),
@@ -198,7 +198,7 @@ async def test_async_client(server) -> None:
         assert not other.match
         info = await client.server_info()
         assert info.backend == "onnxruntime"
-        with pytest.raises(clients.VigilRpcError) as caught:
+        with pytest.raises(sdk.VigilRpcError) as caught:
             await client.detect(b"GIF89a" + bytes(100))
         error = caught.value
         assert (error.code, error.reason) == ("INVALID_ARGUMENT", "UNSUPPORTED_MEDIA_TYPE")
@@ -207,15 +207,15 @@ async def test_async_client(server) -> None:
 
 
 def test_sync_client_error_carries_reason(server) -> None:
-    with clients.VigilClient(server.address, timeout=30, api_key=server.admin_key) as client:
+    with sdk.VigilClient(server.address, timeout=30, api_key=server.admin_key) as client:
         assert client.liveness(FACES / "obama.jpg").live
-        with pytest.raises(clients.VigilRpcError) as caught:
-            client.verify(FACES / "obama.jpg", clients.Template([0.0] * 3, "dlib-resnet", "v1"))
+        with pytest.raises(sdk.VigilRpcError) as caught:
+            client.verify(FACES / "obama.jpg", sdk.Template([0.0] * 3, "dlib-resnet", "v1"))
         assert (caught.value.code, caught.value.reason) == ("INVALID_ARGUMENT", "INVALID_TEMPLATE")
 
 
 def test_sdk_public_names() -> None:
-    assert clients.__all__ == [
+    assert sdk.__all__ == [
         "AsyncVigilClient",
         "DetectResult",
         "Face",
@@ -229,5 +229,5 @@ def test_sdk_public_names() -> None:
         "VigilRpcError",
         "verify_verdict",
     ]
-    for name in clients.__all__:
-        assert getattr(clients, name).__module__.startswith("clients.")
+    for name in sdk.__all__:
+        assert getattr(sdk, name).__module__.startswith("vigil.client.")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from inference.errors import InvalidArgument, NotFound
-from storage import analyses, folders
-from storage.blobs import LocalBlobStore
-from storage.db import Database, migrate
-from storage.tables import Media, utcnow
+from vigil.inference.errors import InvalidArgument, NotFound
+from vigil.storage import analyses, folders
+from vigil.storage.blobs import LocalBlobStore
+from vigil.storage.db import Database, migrate
+from vigil.storage.tables import Media, utcnow
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def _companies(db: Database) -> tuple[str, str]:
 def test_migrations_are_idempotent(db: Database) -> None:
     from alembic.script import ScriptDirectory
 
-    from storage.db import alembic_config
+    from vigil.storage.db import alembic_config
 
     migrate(db.engine)
     head = ScriptDirectory.from_config(alembic_config(db.url)).get_current_head()

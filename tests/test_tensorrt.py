@@ -2,10 +2,10 @@
 
 Three layers:
 
-1. :mod:`inference.backends.trt_plan` on CPU: profiles, profile choice, padding, splitting,
+1. :mod:`vigil.inference.backends.trt_plan` on CPU: profiles, profile choice, padding, splitting,
    cache keys, buffer sizes, the slot pool. Exact values, so they fail when the logic is wrong.
-2. :mod:`inference.backends.tensorrt` on CPU against a small fake of TensorRT and the CUDA runtime
-   (numpy "device" memory): load/build/cache, padding and chunking through ``infer``, thread
+2. :mod:`vigil.inference.backends.tensorrt` on CPU against a small fake of TensorRT and the CUDA
+   runtime (numpy "device" memory): load/build/cache, padding and chunking through ``infer``, thread
    safety, unload, and the errors when tensorrt, cuda-python or a GPU is missing.
 3. The real thing on a GPU: build the dlib ResNet engine from the model mirror and compare with
    ONNX Runtime on CPU. Skipped, with the reason, without tensorrt, cuda-python or a GPU.
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference.backends import tensorrt as trt_backend
-from inference.backends import trt_plan as plan
-from inference.backends.base import BackendOptions
-from inference.catalog import DLIB_RESNET, MINIFASNET_V2, YUNET, ModelSpec, TensorSpec
-from inference.errors import InvalidArgument, ModelError, Unavailable
+from vigil.inference.backends import tensorrt as trt_backend
+from vigil.inference.backends import trt_plan as plan
+from vigil.inference.backends.base import BackendOptions
+from vigil.inference.catalog import DLIB_RESNET, MINIFASNET_V2, YUNET, ModelSpec, TensorSpec
+from vigil.inference.errors import InvalidArgument, ModelError, Unavailable
 
 
 def _model_dir() -> Path:

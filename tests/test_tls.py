@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from clients import VigilClient, VigilRpcError
-from clients.connection import Connection, authenticated_channel
-from server.security import InsecureConfiguration, server_credentials
 from tests.conftest import FACES, ServerThread, make_settings
+from vigil.client import VigilClient, VigilRpcError
+from vigil.client.connection import Connection, authenticated_channel
+from vigil.server.security.tls import InsecureConfiguration, server_credentials
 from vigil.v1 import auth_pb2, auth_pb2_grpc
 
 PLAINTEXT_REFUSAL = "refusing to serve credentials over plaintext"
@@ -290,7 +290,7 @@ def test_vigil_serve_refuses_plaintext_before_loading(models_dir: Path, tmp_path
     env.update(VIGIL_PORT="0", VIGIL_METRICS_PORT="0", VIGIL_DATA_DIR=str(tmp_path / "var"))
     empty = tmp_path / "no-models"
     empty.mkdir()
-    vigil = [sys.executable, "-m", "server"]
+    vigil = [sys.executable, "-m", "vigil.server"]
     runs = [
         subprocess.Popen(
             [*vigil, "serve"],

@@ -20,11 +20,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from clients import AsyncVigilClient, Verdict, VerdictError, VigilClient, verify_verdict
-from clients.connection import Connection
-from server.tokens import public_jwk
-from storage import analyses
 from tests.conftest import FACES, SPOOF, ServerThread, make_settings, read
+from vigil.client import AsyncVigilClient, Verdict, VerdictError, VigilClient, verify_verdict
+from vigil.client.connection import Connection
+from vigil.server.security.tokens import public_jwk
+from vigil.storage import analyses
 from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2_grpc
 from vigil.v1 import folders_pb2 as fp
 

@@ -7,18 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.errors import InvalidMedia, MediaTooLarge, UnsupportedMedia
-from inference.replay import ReplayMemory, frame_hash
-from inference.video import VideoLimits, VideoSampling, decode_video, decode_video_chunks
-from inference.video_signals import (
-    SignalPolicy,
-    capture_signals,
-    identity_check,
-    interquartile_mean,
-    subject_changed,
-    timing_check,
-    virtual_camera,
-)
 from tests.conftest import FACES, read
 from tests.videos import (
     audio_only_mp4,
@@ -26,6 +14,23 @@ from tests.videos import (
     huge_mp4,
     motion_frames,
     ten_hours_mp4,
+)
+from vigil.inference.errors import InvalidMedia, MediaTooLarge, UnsupportedMedia
+from vigil.inference.video.decode import (
+    VideoLimits,
+    VideoSampling,
+    decode_video,
+    decode_video_chunks,
+)
+from vigil.inference.video.replay import ReplayMemory, frame_hash
+from vigil.inference.video.signals import (
+    SignalPolicy,
+    capture_signals,
+    identity_check,
+    interquartile_mean,
+    subject_changed,
+    timing_check,
+    virtual_camera,
 )
 
 LIMITS = VideoLimits()

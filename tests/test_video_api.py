@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 import pytest
 
-from server.video_service import replay_memory_for
 from tests.conftest import FACES, SPOOF, ServerThread
 from tests.videos import audio_only_mp4, encode, huge_mp4, motion_frames, ten_hours_mp4
+from vigil.server.video import replay_memory_for
 from vigil.v1 import common_pb2, instant_pb2, video_pb2
 
 FRAMES = 36  # 2.4 s at 15 fps, 480×640 portrait

@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from server.video_service import replay_memory_for
 from tests.conftest import FACES, ROOT
 from tests.test_folders_api import BEST_SHOT, BIOMETRY, LIVENESS, run, upload
 from tests.videos import encode, motion_frames
+from vigil.server.video import replay_memory_for
 from vigil.v1 import folders_pb2 as fp
 from vigil.v1 import folders_pb2_grpc
 
@@ -84,7 +84,7 @@ def cli_env(server, models_dir) -> dict[str, str]:  # type: ignore[no-untyped-de
 
 def _vigil(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "vigil.server.cli", *args],
         capture_output=True,
         text=True,
         env=env,

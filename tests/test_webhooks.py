@@ -19,15 +19,15 @@ from typing import Any, cast
 import grpc
 import pytest
 
-from inference.errors import InvalidArgument, NotFound
-from server import webhook_dispatch
-from server.context import AppContext
-from server.settings import Settings
-from server.webhook_signing import check_target, is_public, sign, verify
-from storage import folders, webhooks
-from storage.db import Database, migrate
-from storage.tables import Folder, Webhook, WebhookDelivery, utcnow
 from tests.conftest import FACES, ServerThread, make_settings, read
+from vigil.inference.errors import InvalidArgument, NotFound
+from vigil.server.context import AppContext
+from vigil.server.jobs import webhooks as webhook_dispatch
+from vigil.server.settings import Settings
+from vigil.server.webhook_signing import check_target, is_public, sign, verify
+from vigil.storage import folders, webhooks
+from vigil.storage.db import Database, migrate
+from vigil.storage.tables import Folder, Webhook, WebhookDelivery, utcnow
 from vigil.v1 import folders_pb2, folders_pb2_grpc, webhooks_pb2, webhooks_pb2_grpc
 
 SECRET = "s3cr3t-s3cr3t"

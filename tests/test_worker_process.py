@@ -60,7 +60,7 @@ def test_a_separate_worker_process_runs_the_queued_analyses(
             waiting = stub.GetFolder(fp.GetFolderRequest(folder_id=folder.id))
             assert waiting.analyses[0].state == fp.ANALYSIS_STATE_PROCESSING
             worker = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "worker"],
+                [sys.executable, "-m", "vigil.server.cli", "worker"],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from inference.backends.base import Backend, BackendOptions, LoadedModel
-from inference.errors import ModelError
+from vigil.inference.backends.base import Backend, BackendOptions, LoadedModel
+from vigil.inference.errors import ModelError
 
 
 def _onnxruntime_cpu() -> Backend:
-    from inference.backends.onnxruntime import OnnxRuntimeBackend
+    from vigil.inference.backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend("onnxruntime", ("CPUExecutionProvider",))
 
 
 def _onnxruntime_cuda() -> Backend:
-    from inference.backends.onnxruntime import OnnxRuntimeBackend
+    from vigil.inference.backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend("onnxruntime-cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"))
 
 
 def _onnxruntime_tensorrt() -> Backend:
-    from inference.backends.onnxruntime import OnnxRuntimeBackend
+    from vigil.inference.backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(
         "onnxruntime-tensorrt",
@@ -30,7 +30,7 @@ def _onnxruntime_tensorrt() -> Backend:
 
 
 def _tensorrt() -> Backend:
-    from inference.backends.tensorrt import TensorRTBackend
+    from vigil.inference.backends.tensorrt import TensorRTBackend
 
     return TensorRTBackend()
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from inference.catalog import ModelSpec
+from vigil.inference.catalog import ModelSpec
 
 
 @dataclass(frozen=True)

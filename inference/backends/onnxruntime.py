@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from inference.backends.base import BackendOptions
-from inference.catalog import ModelSpec
-from inference.errors import ModelError
+from vigil.inference.backends.base import BackendOptions
+from vigil.inference.catalog import ModelSpec
+from vigil.inference.errors import ModelError
 
 
 class OrtModel:

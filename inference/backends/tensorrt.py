@@ -1,7 +1,7 @@
 """Native TensorRT backend (GPU): engines built from the ONNX files, cached on disk.
 
 ``load`` turns a verified ONNX file into a TensorRT engine with the optimisation profiles of
-:mod:`inference.backends.trt_plan` (or reads it from ``options.cache_dir`` when a matching one
+:mod:`vigil.inference.backends.trt_plan` (or reads it from ``options.cache_dir`` when a matching one
 was built before), then prepares ``streams`` execution slots. Each slot owns a deserialized copy
 of the engine, one execution context, one CUDA stream and pinned host + device buffers sized for
 the largest shape of every profile. ``infer`` borrows a slot from a thread-safe pool, pads the
@@ -48,10 +48,10 @@ from typing import Any
 
 import numpy as np
 
-from inference.backends import trt_plan as plan
-from inference.backends.base import BackendOptions
-from inference.catalog import ModelSpec
-from inference.errors import InvalidArgument, ModelError, Unavailable, VigilError
+from vigil.inference.backends import trt_plan as plan
+from vigil.inference.backends.base import BackendOptions
+from vigil.inference.catalog import ModelSpec
+from vigil.inference.errors import InvalidArgument, ModelError, Unavailable, VigilError
 
 __all__ = ["GPU_EXTRA_HINT", "CudaError", "TensorRTBackend", "TensorRTModel", "convert_to_fp16"]
 

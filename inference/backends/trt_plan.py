@@ -3,14 +3,15 @@
 Everything here is decided before (or without) a GPU, so it is tested on CPU:
 
 - **optimisation profiles**: the min/opt/max shape of every input that an engine is built for,
-  derived from a :class:`~inference.catalog.ModelSpec` (its ``max_batch_size``, its dynamic axes);
+  derived from a :class:`~vigil.inference.catalog.ModelSpec` (its ``max_batch_size``, its
+  dynamic axes);
 - **profile choice** for a batch, **padding** a batch up to what the chosen profile accepts and
   **splitting** a batch larger than any profile into chunks;
 - the **engine cache key**: (model sha256, TensorRT version, GPU, profiles, precision) → a stable
   file name, so a cached engine is never reused for another model, TensorRT, GPU or precision;
 - **buffer sizing**: bytes for a shape and dtype, and the largest input shapes over profiles;
 - a thread-safe **pool of execution slots**, one per concurrent CUDA stream, that
-  :mod:`inference.backends.tensorrt` fills with its TensorRT and CUDA handles.
+  :mod:`vigil.inference.backends.tensorrt` fills with its TensorRT and CUDA handles.
 
 Profiles come in two modes. ``"ranges"`` (the default) cuts ``1..max_batch_size`` into a small
 latency profile (optimised for batch 1) and a throughput profile (optimised for the full batch);
@@ -33,8 +34,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
-from inference.catalog import ModelSpec
-from inference.errors import InvalidArgument, Unavailable
+from vigil.inference.catalog import ModelSpec
+from vigil.inference.errors import InvalidArgument, Unavailable
 
 __all__ = [
     "CACHE_FORMAT",

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection handed in by ``storage.db.migrate``."""
+"""Alembic environment: runs on the connection handed in by ``vigil.storage.db.migrate``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
-import storage.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import vigil.storage.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 target_metadata = SQLModel.metadata
 

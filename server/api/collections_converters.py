@@ -1,0 +1,97 @@
+"""Conversions of the Collections API: rows to protos, faces to and from their stored JSON."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from vigil.inference.errors import InvalidArgument
+from vigil.inference.types import Face
+from vigil.server.api.folders_converters import timestamp
+from vigil.storage.face_index import SearchHit as IndexHit
+from vigil.storage.tables import Collection, CollectionFace
+from vigil.v1 import collections_pb2, common_pb2
+
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 100
+
+
+def face_json(face: Face) -> dict[str, Any]:
+    """What is stored of a detected face (CollectionFace.face)."""
+    return {
+        "box": [float(v) for v in face.box],
+        "landmarks": [[float(x), float(y)] for x, y in face.landmarks],
+        "score": float(face.score),
+    }
+
+
+def face_from_json(data: dict[str, Any]) -> common_pb2.Face | None:
+    if not data:
+        return None
+    x, y, w, h = data["box"]
+    return common_pb2.Face(
+        box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
+        landmarks=[common_pb2.Point(x=px, y=py) for px, py in data.get("landmarks", [])],
+        detection_score=data.get("score", 0.0),
+    )
+
+
+def collection_message(collection: Collection) -> collections_pb2.Collection:
+    return collections_pb2.Collection(
+        id=collection.id,
+        name=collection.name,
+        meta=collection.meta,
+        face_count=collection.face_count,
+        model=collection.model_name,
+        model_version=collection.model_version,
+        created_at=timestamp(collection.created_at),
+    )
+
+
+def face_message(face: CollectionFace, collection_name: str) -> collections_pb2.CollectionFace:
+    return collections_pb2.CollectionFace(
+        id=face.id,
+        collection=collection_name,
+        person_label=face.person_label,
+        meta=face.meta,
+        source_media_id=face.source_media_id or "",
+        model=face.model_name,
+        model_version=face.model_version,
+        created_at=timestamp(face.created_at),
+        face=face_from_json(face.face),
+    )
+
+
+def search_hit(
+    hit: IndexHit, face: CollectionFace, collection_name: str, threshold: float
+) -> collections_pb2.SearchHit:
+    return collections_pb2.SearchHit(
+        face=face_message(face, collection_name),
+        distance=hit.distance,
+        similarity=hit.similarity,
+        match=hit.distance < threshold,
+    )
+
+
+def require_collection(name: str) -> str:
+    if not name:
+        raise InvalidArgument("collection is required")
+    return name
+
+
+def top_k_of(requested: int) -> int:
+    """SearchRequest.top_k: 1..100, 0 meaning the default (5)."""
+    if requested == 0:
+        return DEFAULT_TOP_K
+    if not 1 <= requested <= MAX_TOP_K:
+        raise InvalidArgument(f"top_k is {requested}; it must be 1..{MAX_TOP_K} (0: default)")
+    return requested
+
+
+def threshold_of(requested: float, default: float) -> float:
+    """SearchRequest.threshold: a positive distance, 0 meaning the server's default."""
+    if requested == 0:
+        return default
+    if not math.isfinite(requested) or requested < 0:
+        raise InvalidArgument(f"threshold is {requested}; it must be a positive distance")
+    return float(requested)

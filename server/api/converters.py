@@ -1,0 +1,78 @@
+"""Conversions between protobuf messages and the engine's plain types; request validation."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+
+from vigil.inference.catalog import ModelSpec
+from vigil.inference.errors import InvalidArgument
+from vigil.inference.media import DecodedImage
+from vigil.inference.types import Face, Subject, Timings
+from vigil.v1 import common_pb2, instant_pb2
+
+
+def require_media(media: common_pb2.Media, field: str) -> bytes:
+    """The bytes of a required media field, or INVALID_ARGUMENT naming the field."""
+    if not media.data:
+        raise InvalidArgument(f"{field}.data is required and must not be empty")
+    return bytes(media.data)
+
+
+def require_single(policy: int) -> bool:
+    """Validate a SubjectPolicy (unknown numbers are refused); True when it is strict."""
+    if policy not in common_pb2.SubjectPolicy.values():
+        raise InvalidArgument(
+            f"subject_policy {policy} is not a known SubjectPolicy; use one of "
+            + ", ".join(common_pb2.SubjectPolicy.keys())
+        )
+    return policy == common_pb2.SUBJECT_POLICY_REQUIRE_SINGLE
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on ``time.monotonic``'s clock, or None when the caller set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def template_values(template: common_pb2.Template) -> np.ndarray:
+    return np.asarray(template.values, dtype=np.float32)
+
+
+def model_ref(spec: ModelSpec) -> common_pb2.ModelRef:
+    return common_pb2.ModelRef(name=spec.name, version=spec.version, sha256=spec.sha256)
+
+
+def face_message(face: Face) -> common_pb2.Face:
+    x, y, w, h = face.box
+    return common_pb2.Face(
+        box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
+        landmarks=[common_pb2.Point(x=float(px), y=float(py)) for px, py in face.landmarks],
+        detection_score=face.score,
+    )
+
+
+def timings_message(timings: Timings) -> common_pb2.Timings:
+    return common_pb2.Timings(**vars(timings))
+
+
+def image_info(content_type: str, width: int, height: int) -> common_pb2.ImageInfo:
+    return common_pb2.ImageInfo(content_type=content_type, width=width, height=height)
+
+
+def image_info_of(image: DecodedImage) -> common_pb2.ImageInfo:
+    return image_info(image.content_type, image.width, image.height)
+
+
+def subject_info(subject: Subject) -> common_pb2.ImageInfo:
+    return image_info(subject.content_type, subject.width, subject.height)
+
+
+def verify_side(subject: Subject | None) -> instant_pb2.VerifySide:
+    if subject is None:
+        return instant_pb2.VerifySide(from_template=True)
+    return instant_pb2.VerifySide(
+        face=face_message(subject.face), face_count=subject.face_count, image=subject_info(subject)
+    )

@@ -1,0 +1,168 @@
+"""The one place where errors become gRPC statuses, and where every RPC is counted and timed.
+
+A :class:`VigilError` becomes its status with its message and a google.rpc.ErrorInfo detail (the
+``reason``); anything else becomes INTERNAL with an opaque incident id, logged with its traceback
+but never echoed to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from vigil.inference.errors import VigilError
+from vigil.server.metrics import RPC_LATENCY, RPC_TOTAL
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "vigil.v1"
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _status_details(code: grpc.StatusCode, exc: VigilError) -> bytes:
+    """google.rpc.Status with an ErrorInfo (the reason) and, when known, a RetryInfo."""
+    details = []
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN))
+    details.append(info)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after * 1e9))
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
+    status = status_pb2.Status(code=code.value[0], message=exc.message, details=details)
+    return status.SerializeToString()
+
+
+class _Outcome:
+    """Records the final status of one call for the metrics."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.code = grpc.StatusCode.OK
+        self.started = time.perf_counter()
+
+    def finish(self, context: grpc.aio.ServicerContext) -> None:
+        code = self.code
+        if code == grpc.StatusCode.OK:
+            reported = context.code()
+            if isinstance(reported, grpc.StatusCode):
+                code = reported
+            elif isinstance(reported, int) and reported != 0:
+                code = next((c for c in grpc.StatusCode if c.value[0] == reported), code)
+        RPC_TOTAL.labels(self.method, code.name).inc()
+        RPC_LATENCY.labels(self.method, code.name).observe(time.perf_counter() - self.started)
+
+
+async def _abort_for(
+    exc: BaseException, context: grpc.aio.ServicerContext, outcome: _Outcome
+) -> None:
+    """Turn ``exc`` into the call's status; always raises."""
+    if isinstance(exc, VigilError):
+        code = grpc.StatusCode[exc.status]
+        outcome.code = code
+        await context.abort(
+            code,
+            exc.message,
+            trailing_metadata=((_DETAILS_KEY, _status_details(code, exc)),),
+        )
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error in %s (incident %s)", outcome.method, incident, exc_info=exc)
+    outcome.code = grpc.StatusCode.INTERNAL
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort raises grpc.aio.AbortError (an internal class); let it through untouched.
+    return type(exc).__name__ == "AbortError"
+
+
+def _wrap_unary_response(
+    method: str, behavior: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        outcome = _Outcome(method)
+        try:
+            return await behavior(request_or_iterator, context)
+        except asyncio.CancelledError:
+            outcome.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await _abort_for(exc, context, outcome)
+        finally:
+            outcome.finish(context)
+
+    return handler
+
+
+def _wrap_stream_response(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behavior):
+        # A streaming handler written with ``await context.write(...)`` (e.g. health Watch).
+        return _wrap_unary_response(method, behavior)
+
+    async def handler(
+        request_or_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        outcome = _Outcome(method)
+        try:
+            async for response in behavior(request_or_iterator, context):
+                yield response
+        except asyncio.CancelledError:
+            outcome.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            await _abort_for(exc, context, outcome)
+        finally:
+            outcome.finish(context)
+
+    return handler
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Maps errors to statuses and records per-RPC metrics for every method of every service."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        common = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary_response(method, handler.unary_unary), **common
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary_response(method, handler.stream_unary), **common
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_response(method, handler.unary_stream), **common
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream_response(method, handler.stream_stream), **common
+            )
+        return handler

@@ -1,0 +1,81 @@
+"""Submit: media + metadata + analyses in one client stream, the finished folder in the reply.
+
+Everything is staged first (blobs committed, rows not yet written); the folder, its media and
+its analyses are then written in one transaction, so a stream that breaks off or carries a bad
+part leaves nothing behind. The reply waits until every analysis is final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from vigil.inference.errors import InvalidArgument
+from vigil.server.api import folders_converters as conv
+from vigil.server.api.folder_views import folder_details, watch
+from vigil.server.api.media_upload import discard_blobs, stage_media
+from vigil.server.context import AppContext
+from vigil.storage import analyses, folders
+from vigil.storage.tables import Media, new_id
+from vigil.v1 import folders_pb2
+
+MAX_SUBMIT_MEDIA = 16
+
+
+class _Parts:
+    """The request stream with one message of lookahead."""
+
+    def __init__(self, stream: AsyncIterator[Any]) -> None:
+        self._stream = aiter(stream)
+        self.next: Any = None
+
+    async def advance(self) -> Any:
+        self.next = await anext(self._stream, None)
+        return self.next
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The chunks of the current media; stops at the next non-chunk message."""
+        while (message := await self.advance()) is not None and message.WhichOneof(
+            "part"
+        ) == "chunk":
+            yield message.chunk
+
+
+async def submit(app: AppContext, company: str, stream: AsyncIterator[Any]) -> folders_pb2.Folder:
+    parts = _Parts(stream)
+    first = await parts.advance()
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidArgument("the first message of Submit must be its header")
+    meta = dict(first.header.meta)
+    wanted = conv.analysis_requests(first.header.analyses)
+    folder_id = new_id()
+    staged: list[Media] = []
+    try:
+        message = await parts.advance()
+        while message is not None:
+            if message.WhichOneof("part") != "media":
+                raise InvalidArgument("Submit expects a media header before each media's chunks")
+            if len(staged) == MAX_SUBMIT_MEDIA:
+                raise InvalidArgument(f"at most {MAX_SUBMIT_MEDIA} media per Submit")
+            staged.append(await stage_media(app, company, folder_id, message.media, parts.chunks()))
+            message = parts.next
+        if not staged:
+            raise InvalidArgument("Submit carried no media")
+
+        def write(session: Any) -> None:
+            folder = folders.create_folder(
+                meta, company_id=company, session=session, folder_id=folder_id
+            )
+            for media in staged:
+                folders.add_media(media, session=session)
+            analyses.create_analyses(folder.id, wanted, company_id=company, session=session)
+
+        await app.db(write)
+    except BaseException:
+        await discard_blobs(app, {m.blob_key for m in staged})
+        raise
+    app.jobs_queued.set()
+    async for event in watch(app, folder_id, company):
+        if event.final:
+            break
+    return await app.db(lambda s: folder_details(folder_id, company, s))

@@ -1,0 +1,183 @@
+"""Analysis workers: take queued analyses from the database and run them on the engine.
+
+Workers run inside `vigil serve` (``VIGIL_ANALYSIS_WORKERS``) and as `vigil worker` processes;
+they share the queue in the database with every other replica. A worker renews its lease while
+it runs a job; if it dies, the lease expires and another worker takes the job again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from sqlmodel import Session
+
+from vigil.server.context import AppContext
+from vigil.server.jobs.runner import AnalysisRunner, Outcome
+from vigil.server.metrics import ANALYSES_FINISHED
+from vigil.storage import analyses, folders, webhooks
+from vigil.storage.tables import Analysis, Folder, Media, new_id
+
+log = logging.getLogger(__name__)
+
+
+def folder_event_payload(folder: Folder, rows: list[Analysis]) -> dict[str, Any]:
+    """The webhook body for a folder whose analyses are all final (no media, no templates)."""
+    return {
+        "event": "folder.final",
+        "folder_id": folder.id,
+        "meta": folder.meta,
+        "resolution": folder.resolution,
+        "analyses": [
+            {"id": a.id, "type": a.type, "state": a.state, "resolution": a.resolution} for a in rows
+        ],
+    }
+
+
+class AnalysisWorkers:
+    """``count`` worker tasks on this process's event loop."""
+
+    def __init__(self, app: AppContext, count: int) -> None:
+        self.app = app
+        self.count = count
+        self.runner = AnalysisRunner(app)
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._loop(f"{self.name}/{i}"), name=f"analysis-worker-{i}")
+            for i in range(self.count)
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _loop(self, worker: str) -> None:
+        settings = self.app.settings
+        event = self.app.jobs_queued
+        while not self._stopping:
+            try:
+                job = await self.app.db(
+                    lambda s: analyses.claim(
+                        worker, settings.analysis_lease_s, settings.analysis_max_attempts, session=s
+                    )
+                )
+            except Exception:
+                log.exception("worker %s cannot reach the queue", worker)
+                job = None
+            if job is not None:
+                await self.run_one(job, worker)
+                continue
+            await self.app.db(
+                lambda s: analyses.fail_exhausted(settings.analysis_max_attempts, session=s)
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), settings.queue_poll_s)
+            event.clear()
+
+    async def run_one(self, job: Analysis, worker: str) -> bool:
+        """Run a claimed job and write its outcome; False if the lease was lost meanwhile."""
+        started = time.perf_counter()
+        heartbeat = asyncio.get_running_loop().create_task(self._renew(job.id, worker))
+        try:
+            media = await self.app.db(
+                lambda s: folders.folder_media(job.folder_id, company_id=job.company_id, session=s)
+            )
+            try:
+                outcome = await self.runner.run(job, media)
+            except Exception as exc:  # a bug or a backend failure: fail this job, keep the worker
+                log.exception("analysis %s (%s) raised", job.id, job.type)
+                outcome = Outcome("FAILED", "FAILED", error=f"internal error: {type(exc).__name__}")
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        written = await self.app.db(lambda s: self._write(job, worker, outcome, elapsed_ms, s))
+        if written:
+            ANALYSES_FINISHED.labels(job.type, outcome.resolution).inc()
+        else:
+            log.warning("analysis %s: lease lost before its result was written", job.id)
+        return written
+
+    def _write(
+        self, job: Analysis, worker: str, outcome: Outcome, elapsed_ms: float, session: Session
+    ) -> bool:
+        best_shot_id = new_id() if outcome.best_shot_of is not None else None
+        results = outcome.results
+        if best_shot_id is not None:
+            results = [dict(r) for r in results]
+            results[0]["output_media_id"] = best_shot_id
+            outcome.decisive = {**outcome.decisive, "output_media_id": best_shot_id}
+        values = {
+            "results": results,
+            "decisive": outcome.decisive,
+            "thresholds": outcome.thresholds,
+            "models": outcome.models,
+            "error": outcome.error[:2000],
+            "processing_ms": elapsed_ms,
+        }
+
+        def on_success(s: Session, analysis: Analysis, folder: Folder) -> None:
+            source = outcome.best_shot_of
+            if source is not None and best_shot_id is not None:
+                jpeg = outcome.best_shot_jpeg  # a video's best frame: a new blob, then its row
+                key = self.app.blobs.put(jpeg) if jpeg is not None else source.blob_key
+                s.add(
+                    Media(
+                        id=best_shot_id,
+                        company_id=source.company_id,
+                        folder_id=source.folder_id,
+                        media_type="IMAGE",
+                        tags=["best_shot"],
+                        sha256=key,
+                        size=len(jpeg) if jpeg is not None else source.size,
+                        content_type="image/jpeg" if jpeg is not None else source.content_type,
+                        original_name=f"best_shot_of_{source.id}",
+                        blob_key=key,
+                        source_media_id=source.id,
+                    )
+                )
+            if folder.resolution not in (None, "PROCESSING"):
+                rows = analyses.folder_analyses(folder.id, company_id=folder.company_id, session=s)
+                payload = folder_event_payload(folder, rows)
+                queued_deliveries.append(webhooks.enqueue_folder_event(folder, payload, session=s))
+
+        queued_deliveries: list[int] = []
+        written = analyses.complete(
+            job.id,
+            worker,
+            state=outcome.state,
+            resolution=outcome.resolution,
+            values=values,
+            session=session,
+            on_success=on_success,
+        )
+        if written and any(queued_deliveries):  # committed: the dispatcher will find them
+            self.app.loop.call_soon_threadsafe(self.app.deliveries_queued.set)
+        return written
+
+    async def _renew(self, analysis_id: str, worker: str) -> None:
+        lease = self.app.settings.analysis_lease_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            kept = await self.app.db(
+                lambda s: analyses.renew(analysis_id, worker, lease, session=s)
+            )
+            if not kept:
+                return

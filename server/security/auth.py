@@ -1,0 +1,276 @@
+"""Authentication and authorisation of every call, in one interceptor.
+
+The credential (``x-api-key`` or ``authorization: Bearer <access token>``) becomes a
+:class:`Principal`; the permission table decides; the principal travels to the servicers in a
+context variable; SAFE principals get redacted answers; each call on stored objects is audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+
+from vigil.inference.errors import (
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+    VigilError,
+)
+from vigil.server.context import AppContext
+from vigil.server.security.permissions import PERMISSIONS, STAFF, needs_credential
+from vigil.server.security.principal import CURRENT, Principal
+from vigil.server.security.rate_limit import FailureTracker, TokenBuckets
+from vigil.server.security.redaction import redact
+from vigil.server.security.tokens import Signer
+from vigil.storage import credentials, folders
+from vigil.storage.tables import AuditEvent
+
+log = logging.getLogger(__name__)
+
+COMPANY_METADATA_KEY = "vigil-company"
+#: Services whose calls touch no stored object and are not audited (the Instant API).
+_NOT_AUDITED = ("/vigil.v1.Instant/", "/vigil.v1.Auth/WhoAmI", "/vigil.v1.Verdicts/GetPublicKeys")
+_OBJECT_FIELDS = (
+    ("folder_id", "folder"),
+    ("media_id", "media"),
+    ("analysis_id", "analysis"),
+    ("webhook_id", "webhook"),
+    ("api_key_id", "api_key"),
+    ("user_id", "user"),
+    ("collection", "collection"),
+    ("name", "name"),
+)
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        values[key] = value if isinstance(value, str) else value.decode(errors="replace")
+    return values
+
+
+def _peer_host(context: grpc.aio.ServicerContext) -> str:
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 1 else peer
+
+
+class Authenticator:
+    """Turns call metadata into a Principal; remembers recent lookups for a moment."""
+
+    CACHE_S = 2.0
+
+    def __init__(self, app: AppContext, signer: Signer) -> None:
+        self.app = app
+        self.signer = signer
+        settings = app.settings
+        self.failures = FailureTracker(settings.auth_max_failures, settings.auth_lockout_s)
+        self.buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    def check_lockout(self, context: grpc.aio.ServicerContext) -> None:
+        remaining = self.failures.locked_for(_peer_host(context))
+        if remaining > 0:
+            raise RateLimited(
+                f"too many failed authentications from this address; retry in {remaining:.0f} s",
+                remaining,
+            )
+
+    def record_failure(self, context: grpc.aio.ServicerContext) -> None:
+        self.failures.fail(_peer_host(context))
+
+    def forget(self) -> None:
+        """Drop cached credentials (after a revocation or a user is disabled on this replica)."""
+        self._cache.clear()
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        metadata = _metadata(context)
+        self.check_lockout(context)
+        key = metadata.get("x-api-key", "")
+        bearer = metadata.get("authorization", "")
+        if not key and not bearer:
+            raise Unauthenticated(
+                "this call needs a credential: x-api-key or authorization: Bearer"
+            )
+        try:
+            principal = await self._principal(key, bearer)
+        except Unauthenticated:
+            self.record_failure(context)
+            raise
+        principal = await self._acting(principal, metadata.get(COMPANY_METADATA_KEY, ""))
+        wait = self.buckets.take(principal.actor)
+        if wait > 0:
+            raise RateLimited(f"rate limit of this credential reached; retry in {wait:.2f} s", wait)
+        return principal
+
+    async def _principal(self, key: str, bearer: str) -> Principal:
+        cache_key = key or bearer
+        cached = self._cache.get(cache_key)
+        if cached is not None and time.monotonic() - cached[0] < self.CACHE_S:
+            return cached[1]
+        if key:
+            principal = await self.app.db(lambda s: self._from_key(key, s))
+        else:
+            scheme, _, token = bearer.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthenticated("authorization must be 'Bearer <access token>'")
+            claims = self.signer.verify(token.strip(), "access")
+            principal = await self.app.db(lambda s: self._from_claims(claims, s))
+        self._cache[cache_key] = (time.monotonic(), principal)
+        return principal
+
+    @staticmethod
+    def _from_key(presented: str, session: Any) -> Principal:
+        row = credentials.authenticate_key(presented, session=session)
+        credentials.touch_key(row.id, session=session)
+        company = credentials.get_company(row.company_id, session=session)
+        return Principal(row.company_id, company.name, row.role, row.result_mode, api_key_id=row.id)
+
+    @staticmethod
+    def _from_claims(claims: dict[str, Any], session: Any) -> Principal:
+        try:
+            user = credentials.get_user(claims["sub"], company_id=None, session=session)
+        except (KeyError, NotFound):
+            raise Unauthenticated("the token's user no longer exists") from None
+        if user.disabled:
+            raise Unauthenticated("the token's user is disabled")
+        company = credentials.get_company(user.company_id, session=session)
+        return Principal(
+            user.company_id, company.name, user.role, user.result_mode, user_id=user.id
+        )
+
+    async def _acting(self, principal: Principal, named: str) -> Principal:
+        """Staff may act in another company by naming it; everyone else acts in their own."""
+        acting = principal.company_id
+        if named and named != principal.company_name:
+            if principal.role not in STAFF:
+                raise PermissionDenied("only ADMIN and OPERATOR may act in another company")
+            if principal.role == "ADMIN":
+                acting = await self.app.db(lambda s: folders.ensure_company(named, session=s).id)
+            else:
+                acting = await self.app.db(
+                    lambda s: credentials.company_by_name(named, session=s).id
+                )
+        return Principal(**{**principal.__dict__, "acting_company_id": acting})
+
+
+def authorize(principal: Principal, method: str) -> None:
+    rule = PERMISSIONS.get(method)
+    if rule is None:
+        raise PermissionDenied(f"{method} is not open to any role")
+    if principal.role not in rule.roles:
+        raise PermissionDenied(f"role {principal.role} may not call {method.rsplit('/', 1)[-1]}")
+    if principal.safe and not rule.safe:
+        raise PermissionDenied(
+            f"{method.rsplit('/', 1)[-1]} returns biometric detail; this credential is SAFE-only"
+        )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, app: AppContext, authenticator: Authenticator) -> None:
+        self.app = app
+        self.authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or not needs_credential(method):
+            return handler
+        kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        kind = next(k for k in kinds if getattr(handler, k))
+        behavior = getattr(handler, kind)
+        wrapped = (
+            self._wrap_generator(method, behavior)
+            if inspect.isasyncgenfunction(behavior)
+            else self._wrap(method, behavior)
+        )
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
+        principal = await self.authenticator.authenticate(context)
+        authorize(principal, method)
+        return principal
+
+    @contextlib.contextmanager
+    def _acting_as(self, principal: Principal, method: str, request: Any) -> Iterator[None]:
+        """The principal is current for the call; its outcome is audited when it ends."""
+        token = CURRENT.set(principal)
+        status = "OK"
+        try:
+            yield
+        except VigilError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            CURRENT.reset(token)
+            self._audit(principal, method, request, status)
+
+    def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            principal = await self._enter(method, context)
+            with self._acting_as(principal, method, request):
+                response = await behavior(request, context)
+                return redact(response) if principal.safe and response is not None else response
+
+        return handler
+
+    def _wrap_generator(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            principal = await self._enter(method, context)
+            with self._acting_as(principal, method, request):
+                async for response in behavior(request, context):
+                    yield redact(response) if principal.safe else response
+
+        return handler
+
+    def _audit(self, principal: Principal, method: str, request: Any, status: str) -> None:
+        """Record who did what to which object, after the call, off the call's path."""
+        if method.startswith(_NOT_AUDITED):
+            return
+        object_type = object_id = ""
+        if hasattr(request, "DESCRIPTOR"):  # unary requests name their object; streams don't
+            for field, kind in _OBJECT_FIELDS:
+                value = getattr(request, field, "")
+                if isinstance(value, str) and value:
+                    object_type, object_id = kind, value[:64]
+                    break
+        event = AuditEvent(
+            company_id=principal.acting_company_id or principal.company_id,
+            actor=principal.actor,
+            method=method[:100],
+            object_type=object_type,
+            object_id=object_id,
+            status=status,
+        )
+
+        async def write() -> None:
+            try:
+                await self.app.db(lambda s: credentials.record_audit(event, session=s))
+            except Exception:
+                log.exception("cannot write an audit event for %s", method)
+
+        task = asyncio.get_running_loop().create_task(write())
+        self.app.background_writes.add(task)
+        task.add_done_callback(self.app.background_writes.discard)

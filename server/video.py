@@ -1,0 +1,74 @@
+"""Video liveness for the servicers and the analysis runner: settings → engine objects.
+
+The replay memory is per replica (one per engine, shared by the Instant API, the live stream and
+the persistent analyses of this process); replicas behind a load balancer do not share it.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from vigil.inference.engine import Engine
+from vigil.inference.media import sniff_kind
+from vigil.inference.video.decode import VideoLimits, VideoSampling
+from vigil.inference.video.liveness import VideoConfig, VideoLiveness
+from vigil.inference.video.replay import ReplayMemory
+from vigil.inference.video.signals import SignalPolicy
+from vigil.inference.video.stream import StreamConfig
+from vigil.inference.video.types import Capture
+from vigil.server.settings import Settings
+from vigil.v1 import video_pb2
+
+_MEMORIES: weakref.WeakKeyDictionary[Engine, ReplayMemory] = weakref.WeakKeyDictionary()
+
+
+def replay_memory_for(engine: Engine) -> ReplayMemory:
+    memory = _MEMORIES.get(engine)
+    if memory is None:
+        memory = _MEMORIES[engine] = ReplayMemory()
+    return memory
+
+
+def video_config(settings: Settings) -> VideoConfig:
+    return VideoConfig(
+        limits=VideoLimits(
+            max_bytes=settings.max_video_bytes,
+            max_duration_s=settings.max_video_duration_s,
+            max_side=settings.max_video_side,
+            max_frames=settings.max_video_frames,
+        ),
+        sampling=VideoSampling(count=settings.video_sample_frames, fps=settings.video_sample_fps),
+        policy=SignalPolicy(
+            replay=settings.decline_on_replay,
+            virtual_camera=settings.decline_on_virtual_camera,
+            timing=settings.decline_on_timing,
+            subject_change=settings.decline_on_subject_change,
+        ),
+        min_face_frames=settings.video_min_face_frames,
+    )
+
+
+def stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        min_frames=settings.stream_min_frames,
+        max_frames=settings.stream_max_frames,
+        max_seconds=settings.stream_max_seconds,
+        no_face_frames=settings.stream_no_face_frames,
+    )
+
+
+def video_liveness(engine: Engine, settings: Settings) -> VideoLiveness:
+    return VideoLiveness(engine, video_config(settings), replay_memory_for(engine))
+
+
+def is_video(data: bytes) -> bool:
+    kind = sniff_kind(data[:64])
+    return kind is not None and kind[0] == "VIDEO"
+
+
+def capture_of(message: video_pb2.CaptureInfo) -> Capture:
+    return Capture(
+        camera_label=message.camera_label[:200],
+        device=message.device[:200],
+        timestamps_ms=list(message.frame_timestamps_ms)[:10_000],
+    )
