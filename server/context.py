@@ -12,11 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import grpc
 from sqlmodel import Session
 
 from vigil.inference.engine import Engine
-from vigil.server.security.principal import current_principal
 from vigil.server.settings import Settings
 from vigil.storage.blobs import LocalBlobStore
 from vigil.storage.db import Database
@@ -58,11 +56,6 @@ class AppContext:
     async def io(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking file work (blobs) in a database thread."""
         return await asyncio.get_running_loop().run_in_executor(self.db_executor, fn, *args)
-
-    async def company_id(self, context: grpc.aio.ServicerContext) -> str:
-        """The company the current call acts in (its credential's, or one staff named)."""
-        principal = current_principal()
-        return principal.acting_company_id or principal.company_id
 
     def close(self) -> None:
         self.db_executor.shutdown(wait=True)

@@ -12,7 +12,7 @@ from vigil.inference.errors import FailedPrecondition, InvalidArgument, Permissi
 from vigil.server.api import accounts_converters as conv
 from vigil.server.api.folders_converters import analysis_message, timestamp
 from vigil.server.security.permissions import GRANTABLE_BY_CLIENT_ADMIN
-from vigil.server.security.principal import Principal, current_principal
+from vigil.server.security.principal import Principal, acting_company, current_principal
 from vigil.server.security.tls import Security
 from vigil.storage import analyses, credentials, folders
 from vigil.storage.common import not_found, page_size
@@ -248,7 +248,7 @@ class VerdictsServicer(auth_pb2_grpc.VerdictsServicer):
         self.app = security.app
 
     async def GetVerdict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
 
         def claims(session: Session) -> dict[str, Any]:
             folder = folders.get_folder(request.folder_id, company_id=company, session=session)

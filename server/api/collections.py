@@ -12,6 +12,7 @@ from vigil.inference.types import Subject
 from vigil.server.api import collections_converters as cc
 from vigil.server.api import converters as conv
 from vigil.server.context import AppContext
+from vigil.server.security.principal import acting_company
 from vigil.storage import collections as repo
 from vigil.storage import folders
 from vigil.storage.common import page_size
@@ -31,7 +32,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
     async def CreateCollection(
         self, request: collections_pb2.CreateCollectionRequest, context: grpc.aio.ServicerContext
     ) -> collections_pb2.Collection:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         name, meta = request.name, dict(request.meta)
         created = await self.app.db(
             lambda s: repo.create_collection(name, meta, company_id=company_id, session=s)
@@ -41,7 +42,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
     async def ListCollections(
         self, request: collections_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext
     ) -> collections_pb2.ListCollectionsResponse:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         rows = await self.app.db(lambda s: repo.list_collections(company_id=company_id, session=s))
         return collections_pb2.ListCollectionsResponse(
             collections=[cc.collection_message(row) for row in rows]
@@ -50,7 +51,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
     async def DeleteCollection(
         self, request: collections_pb2.DeleteCollectionRequest, context: grpc.aio.ServicerContext
     ) -> collections_pb2.DeleteCollectionResponse:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         name = cc.require_collection(request.name)
 
         def work(session: Session) -> tuple[str, int]:
@@ -66,7 +67,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
     async def AddFace(
         self, request: collections_pb2.AddFaceRequest, context: grpc.aio.ServicerContext
     ) -> collections_pb2.CollectionFace:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         name = cc.require_collection(request.collection)
         source = request.WhichOneof("source")
         deadline = conv.deadline_of(context)
@@ -104,7 +105,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
     async def RemoveFace(
         self, request: collections_pb2.RemoveFaceRequest, context: grpc.aio.ServicerContext
     ) -> collections_pb2.RemoveFaceResponse:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         name = cc.require_collection(request.collection)
         if not request.face_id:
             raise InvalidArgument("face_id is required")
@@ -117,7 +118,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
     async def ListFaces(
         self, request: collections_pb2.ListFacesRequest, context: grpc.aio.ServicerContext
     ) -> collections_pb2.ListFacesResponse:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         name = cc.require_collection(request.collection)
         size = page_size(request.page_size)
         token = request.page_token
@@ -131,7 +132,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
     async def Search(
         self, request: collections_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> collections_pb2.SearchResponse:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         name = cc.require_collection(request.collection)
         top_k = cc.top_k_of(request.top_k)
         threshold = cc.threshold_of(request.threshold, self.app.settings.search_threshold)

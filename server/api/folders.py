@@ -13,6 +13,7 @@ from vigil.server.api.folder_views import folder_details, watch
 from vigil.server.api.media_upload import receive_media
 from vigil.server.api.submit import submit
 from vigil.server.context import AppContext
+from vigil.server.security.principal import acting_company
 from vigil.storage import analyses, folders
 from vigil.storage.folders import FolderQuery
 from vigil.storage.tables import Analysis
@@ -25,7 +26,7 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
 
     # ---- folders -----------------------------------------------------------------------------
     async def CreateFolder(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         meta = dict(request.meta)
         folder = await self.app.db(
             lambda s: folders.create_folder(meta, company_id=company, session=s)
@@ -33,14 +34,14 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
         return conv.folder_message(folder)
 
     async def GetFolder(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         return await self.app.db(lambda s: self._folder_details(request.folder_id, company, s))
 
     def _folder_details(self, folder_id: str, company: str, session: Any) -> folders_pb2.Folder:
         return folder_details(folder_id, company, session)
 
     async def UpdateFolderMeta(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         set_, remove = dict(request.set), list(request.remove)
         folder = await self.app.db(
             lambda s: folders.update_folder_meta(
@@ -50,7 +51,7 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
         return conv.folder_message(folder)
 
     async def DeleteFolder(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         media, rows, orphans = await self.app.db(
             lambda s: folders.delete_folder(request.folder_id, company_id=company, session=s)
         )
@@ -59,7 +60,7 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
         return folders_pb2.DeleteFolderResponse(media_deleted=media, analyses_deleted=rows)
 
     async def ListFolders(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         query = folder_query(request)
         details = request.with_details
 
@@ -75,7 +76,7 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
 
     # ---- media -------------------------------------------------------------------------------
     async def UploadMedia(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         iterator = aiter(request_iterator)
         first = await anext(iterator, None)
         if first is None or first.WhichOneof("part") != "header":
@@ -88,14 +89,14 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
         return conv.media_info(media)
 
     async def GetMedia(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         media = await self.app.db(
             lambda s: folders.get_media(request.media_id, company_id=company, session=s)
         )
         return conv.media_info(media)
 
     async def DeleteMedia(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         orphans = await self.app.db(
             lambda s: folders.delete_media(request.media_id, company_id=company, session=s)
         )
@@ -106,7 +107,7 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
     async def DownloadMedia(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        company = await self.app.company_id(context)
+        company = acting_company()
         media = await self.app.db(
             lambda s: folders.get_media(request.media_id, company_id=company, session=s)
         )
@@ -125,7 +126,7 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
 
     # ---- analyses ----------------------------------------------------------------------------
     async def CreateAnalyses(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         wanted = conv.analysis_requests(request.analyses)
         rows = await self.app.db(
             lambda s: analyses.create_analyses(
@@ -136,14 +137,14 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
         return folders_pb2.CreateAnalysesResponse(analyses=[conv.analysis_message(a) for a in rows])
 
     async def GetAnalysis(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         row = await self.app.db(
             lambda s: analyses.get_analysis(request.analysis_id, company_id=company, session=s)
         )
         return conv.analysis_message(row)
 
     async def ListAnalyses(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
 
         def work(session: Any) -> list[Analysis]:
             folders.get_folder(request.folder_id, company_id=company, session=session)
@@ -155,12 +156,12 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
     async def WatchFolder(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        company = await self.app.company_id(context)
+        company = acting_company()
         async for event in watch(self.app, request.folder_id, company):
             yield event
 
     async def Submit(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        company = await self.app.company_id(context)
+        company = acting_company()
         return await submit(self.app, company, request_iterator)
 
 

@@ -6,6 +6,7 @@ import grpc
 
 from vigil.server.api.webhooks_converters import delivery_message, webhook_message
 from vigil.server.context import AppContext
+from vigil.server.security.principal import acting_company
 from vigil.server.webhook_signing import check_target
 from vigil.storage import webhooks
 from vigil.v1 import webhooks_pb2, webhooks_pb2_grpc
@@ -18,7 +19,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
     async def CreateWebhook(
         self, request: webhooks_pb2.CreateWebhookRequest, context: grpc.aio.ServicerContext
     ) -> webhooks_pb2.Webhook:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         url, folder_id = request.url.strip(), request.folder_id or None
         await check_target(url, self.app.settings.webhook_allow_private)
         hook = await self.app.db(
@@ -29,7 +30,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
     async def ListWebhooks(
         self, request: webhooks_pb2.ListWebhooksRequest, context: grpc.aio.ServicerContext
     ) -> webhooks_pb2.ListWebhooksResponse:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         hooks = await self.app.db(
             lambda s: webhooks.list_webhooks(company_id=company_id, session=s)
         )
@@ -38,7 +39,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
     async def DeleteWebhook(
         self, request: webhooks_pb2.DeleteWebhookRequest, context: grpc.aio.ServicerContext
     ) -> webhooks_pb2.DeleteWebhookResponse:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         webhook_id = request.webhook_id
         await self.app.db(
             lambda s: webhooks.delete_webhook(webhook_id, company_id=company_id, session=s)
@@ -48,7 +49,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
     async def ListDeliveries(
         self, request: webhooks_pb2.ListDeliveriesRequest, context: grpc.aio.ServicerContext
     ) -> webhooks_pb2.ListDeliveriesResponse:
-        company_id = await self.app.company_id(context)
+        company_id = acting_company()
         folder_id, webhook_id = request.folder_id or None, request.webhook_id or None
         rows = await self.app.db(
             lambda s: webhooks.list_deliveries(

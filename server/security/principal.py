@@ -40,3 +40,9 @@ def current_principal() -> Principal:
     if principal is None:
         raise Unauthenticated("this call needs a credential")
     return principal
+
+
+def acting_company() -> str:
+    """The company the current call acts in: its credential's, or the one staff named."""
+    principal = current_principal()
+    return principal.acting_company_id or principal.company_id
