@@ -76,7 +76,7 @@ def in_memory(n: int, rng: np.random.Generator, repeats: int) -> Row:
     entry = IndexEntry.of("bench", 1, repo.Embeddings(ids, ids, matrix))
     queries = random_faces(repeats + 1, rng)
     position = iter(range(repeats + 1))
-    ms = median_ms(lambda: rank(entry, queries[next(position)], 5, 0.6), repeats)
+    ms = median_ms(lambda: rank(entry, queries[next(position)], 5), repeats)
     return Row(faces=n, memory_mb=entry.nbytes / 2**20, search_ms=ms)
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -34,6 +34,7 @@ from vigil.inference.catalog import (
     ModelSpec,
     verify_installed,
 )
+from vigil.inference.decisions import Thresholds, distance, is_match, similarity
 from vigil.inference.detector import YuNetDetector
 from vigil.inference.errors import (
     FaceNotFound,
@@ -43,12 +44,7 @@ from vigil.inference.errors import (
     Unavailable,
 )
 from vigil.inference.media import DecodedImage, ImageLimits, decode_image
-from vigil.inference.models import (
-    chips_to_tensor,
-    ensemble_real_probability,
-    euclidean,
-    similarity_from_distance,
-)
+from vigil.inference.models import chips_to_tensor, ensemble_real_probability
 from vigil.inference.types import Face, LivenessScore, Subject, Timings
 
 log = logging.getLogger(__name__)
@@ -59,31 +55,35 @@ LIVENESS_MODELS = (MINIFASNET_V2, MINIFASNET_V1SE)
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """How the engine runs. The server builds it from its settings (``vigil.server.app``), which
+    hold every default: nothing here has a default of its own but the catalog's."""
+
     models_dir: Path
-    backend: str = "onnxruntime"
-    backend_options: BackendOptions = field(default_factory=BackendOptions)
-    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    backend: str
+    backend_options: BackendOptions
+    image_limits: ImageLimits
     #: Threads for decoding, detection, alignment and backend calls.
-    worker_threads: int = 8
-    detect_max_side: int = 640
+    worker_threads: int
+    detect_max_side: int
     #: Images smaller than this (longer side) are scaled up for detection.
-    detect_min_side: int = 320
-    detect_score_threshold: float = 0.8
+    detect_min_side: int
     #: Faces whose box is smaller than this on its shorter side are ignored.
-    min_face_px: float = 20.0
-    liveness_threshold: float = 0.5
-    match_distance_threshold: float = 0.6
+    min_face_px: float
+    #: Every decision threshold (live, match), read by whoever decides.
+    thresholds: Thresholds
     #: Per model name: batcher settings; models not named use the catalog's values.
-    batching: dict[str, BatcherConfig] = field(default_factory=dict)
+    batching: dict[str, BatcherConfig]
     #: Detector jobs (decode, YuNet, alignment) that may run at once; YuNet's batch is fixed at 1.
-    detector_instances: int = 3
+    detector_instances: int
     #: Nice value added to the engine's threads (and the ONNX Runtime threads they start), so
     #: the event loop that receives, refuses and answers calls keeps the CPU it needs.
-    worker_nice: int = 5
-    #: Images the Instant API may hold at once before it refuses new ones (0: no limit).
-    max_inflight_images: int = 128
+    worker_nice: int
+    #: Images the engine's callers may hold in it at once before new ones are refused (0: no
+    #: limit); see :meth:`Engine.admission`.
+    max_inflight_images: int
     #: How long a per-face batch may wait for faces still being detected (catalog defaults).
-    batch_fill_wait_s: float = 0.02
+    batch_fill_wait_s: float
+    detect_score_threshold: float = YUNET.thresholds["score"]
 
 
 @dataclass
@@ -115,16 +115,6 @@ class _Embedded:
 class EmbeddingResult:
     subject: Subject
     embedding: np.ndarray
-
-
-@dataclass(frozen=True)
-class Verification:
-    distance: float
-    similarity: float
-    match: bool
-    a: Subject | None
-    b: Subject | None
-    timings: Timings
 
 
 class Engine:
@@ -256,14 +246,15 @@ class Engine:
             model.unload()
         self.models.clear()
 
-    def model_spec(self, name: str) -> ModelSpec:
-        return self.models[name].spec
-
     @contextlib.asynccontextmanager
     async def admission(self, images: int = 1) -> AsyncIterator[None]:
         """Admit a request of ``images`` images, or refuse it at once when the engine already
         holds ``max_inflight_images``: excess load gets RESOURCE_EXHAUSTED before any decoding,
-        and the latency of admitted requests stays bounded."""
+        and the latency of admitted requests stays bounded.
+
+        The entry points (``detect``, ``liveness``, ``embed``, video analysis) admit their
+        request themselves; background jobs pass ``admit=False`` (their number is bounded by the
+        workers, and a queued analysis should wait, not fail)."""
         limit = self.config.max_inflight_images
         if limit and self._inflight + images > limit:
             metrics.ADMISSION_REJECTED.inc()
@@ -283,8 +274,14 @@ class Engine:
         if not self._started:
             raise Unavailable("the engine is not started")
 
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (decoding, numpy) on the engine's threads."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _admitted(
+        self, admit: bool, images: int = 1
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.admission(images) if admit else contextlib.nullcontext()
 
     async def detect_faces(
         self, image: DecodedImage, timings: Timings, deadline: float | None = None
@@ -378,34 +375,43 @@ class Engine:
 
     # ---- public API --------------------------------------------------------------------------
     async def detect(
-        self, data: bytes, deadline: float | None = None
+        self, data: bytes, deadline: float | None = None, *, admit: bool = True
     ) -> tuple[DecodedImage, list[Face], Timings]:
-        timings = Timings()
-        started = time.perf_counter()
-        image, faces, _ = await self._locate(data, timings, deadline, None)
-        timings.total_ms = (time.perf_counter() - started) * 1000
-        return image, faces, timings
+        """Every face of an image, largest first."""
+        async with self._admitted(admit):
+            timings = Timings()
+            started = time.perf_counter()
+            image, faces, _ = await self._locate(data, timings, deadline, None)
+            timings.total_ms = (time.perf_counter() - started) * 1000
+            return image, faces, timings
 
     async def liveness(
-        self, data: bytes, require_single: bool = False, deadline: float | None = None
+        self,
+        data: bytes,
+        require_single: bool = False,
+        deadline: float | None = None,
+        *,
+        admit: bool = True,
     ) -> tuple[Subject, LivenessScore]:
-        timings = Timings()
-        started = time.perf_counter()
-        image, faces, crops = await self._locate(
-            data, timings, deadline, require_single, _liveness_inputs, LIVENESS_MODELS
-        )
-        subject = Subject(
-            faces[0], len(faces), image.content_type, image.width, image.height, timings
-        )
-        score = await self._liveness_from(crops, timings, deadline)
-        timings.total_ms = (time.perf_counter() - started) * 1000
-        return subject, score
+        """The image's subject and the liveness ensemble's scores of it."""
+        async with self._admitted(admit):
+            timings = Timings()
+            started = time.perf_counter()
+            image, faces, crops = await self._locate(
+                data, timings, deadline, require_single, _liveness_inputs, LIVENESS_MODELS
+            )
+            subject = Subject(
+                faces[0], len(faces), image.content_type, image.width, image.height, timings
+            )
+            score = await self._liveness_from(crops, timings, deadline)
+            timings.total_ms = (time.perf_counter() - started) * 1000
+            return subject, score
 
     async def liveness_of(
         self, image: DecodedImage, face: Face, timings: Timings, deadline: float | None = None
     ) -> LivenessScore:
         started = time.perf_counter()
-        crops = await self._in_thread(_liveness_tensors, image.bgr, face.box)
+        crops = await self.in_thread(_liveness_tensors, image.bgr, face.box)
         timings.align_ms += (time.perf_counter() - started) * 1000
         return await self._liveness_from(crops, timings, deadline)
 
@@ -426,30 +432,37 @@ class Engine:
         )
 
     async def embed(
-        self, data: bytes, require_single: bool = False, deadline: float | None = None
+        self,
+        data: bytes,
+        require_single: bool = False,
+        deadline: float | None = None,
+        *,
+        admit: bool = True,
     ) -> EmbeddingResult:
-        timings = Timings()
-        started = time.perf_counter()
-        image, faces, chip = await self._locate(
-            data, timings, deadline, require_single, self._chip_or_embedding, (DLIB_RESNET,)
-        )
-        subject = Subject(
-            faces[0], len(faces), image.content_type, image.width, image.height, timings
-        )
-        if isinstance(chip, _Embedded):  # embedded inside the detector job
-            timings.align_ms -= chip.seconds * 1000
-            timings.embed_ms += chip.seconds * 1000
-            embedding = chip.embedding
-        else:
-            embedding = await self._embedding_from(chip, timings, deadline)
-        timings.total_ms = (time.perf_counter() - started) * 1000
-        return EmbeddingResult(subject, embedding)
+        """The image's subject and its face template (embedding)."""
+        async with self._admitted(admit):
+            timings = Timings()
+            started = time.perf_counter()
+            image, faces, chip = await self._locate(
+                data, timings, deadline, require_single, self._chip_or_embedding, (DLIB_RESNET,)
+            )
+            subject = Subject(
+                faces[0], len(faces), image.content_type, image.width, image.height, timings
+            )
+            if isinstance(chip, _Embedded):  # embedded inside the detector job
+                timings.align_ms -= chip.seconds * 1000
+                timings.embed_ms += chip.seconds * 1000
+                embedding = chip.embedding
+            else:
+                embedding = await self._embedding_from(chip, timings, deadline)
+            timings.total_ms = (time.perf_counter() - started) * 1000
+            return EmbeddingResult(subject, embedding)
 
     async def embedding_of(
         self, image: DecodedImage, face: Face, timings: Timings, deadline: float | None = None
     ) -> np.ndarray:
         started = time.perf_counter()
-        chip = await self._in_thread(_chip_tensor, image.bgr, face.landmarks)
+        chip = await self.in_thread(_chip_tensor, image.bgr, face.landmarks)
         timings.align_ms += (time.perf_counter() - started) * 1000
         return await self._embedding_from(chip, timings, deadline)
 
@@ -493,9 +506,10 @@ class Engine:
         return values.astype(np.float32)
 
     def compare(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float, bool]:
-        threshold = self.config.match_distance_threshold
-        distance = euclidean(a, b)
-        return distance, similarity_from_distance(distance, threshold), distance < threshold
+        """(distance, similarity, match) of two templates at the server's match threshold."""
+        threshold = self.config.thresholds.match_distance
+        apart = distance(a, b)
+        return apart, similarity(apart, threshold), is_match(apart, threshold)
 
 
 def _liveness_tensors(bgr: np.ndarray, box: tuple[float, float, float, float]) -> list[np.ndarray]:
@@ -506,7 +520,7 @@ def _liveness_tensors(bgr: np.ndarray, box: tuple[float, float, float, float]) -
 
 
 def _chip_tensor(bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    return chips_to_tensor([align.align_chip(bgr, landmarks)])[0]
+    return np.asarray(chips_to_tensor([align.align_chip(bgr, landmarks)])[0])
 
 
 def _liveness_inputs(bgr: np.ndarray, face: Face) -> list[np.ndarray]:

@@ -7,6 +7,9 @@ status (the gRPC status code's name). The server maps them to gRPC statuses in o
 
 from __future__ import annotations
 
+import copy
+from typing import Self
+
 
 class VigilError(Exception):
     """Root of every error vigil reports to a caller. ``status`` is a gRPC status code name."""
@@ -20,6 +23,14 @@ class VigilError(Exception):
         self.message = message
         if reason is not None:
             self.reason = reason
+
+    def with_message(self, message: str) -> Self:
+        """A copy of this error saying ``message`` (same type, status, reason and details):
+        for adding context without changing a caught error in place."""
+        clone = copy.copy(self)
+        clone.message = message
+        clone.args = (message,)
+        return clone
 
 
 class InvalidArgument(VigilError):

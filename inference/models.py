@@ -13,7 +13,7 @@ def chips_to_tensor(chips: list[np.ndarray]) -> np.ndarray:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
 
 
 def ensemble_real_probability(per_model_logits: list[np.ndarray]) -> tuple[float, list[float]]:

@@ -1,5 +1,7 @@
+"""``python -m vigil.server``: the ``vigil`` command line (the server's commands included)."""
+
 import sys
 
-from vigil.server.cli import main
+from vigil.client.cli import main
 
 sys.exit(main())

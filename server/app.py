@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from vigil.inference.backends import BackendOptions
 from vigil.inference.batcher import BatcherConfig
 from vigil.inference.catalog import DEFAULT_MODELS, YUNET
+from vigil.inference.decisions import Thresholds
 from vigil.inference.engine import Engine, EngineConfig
 from vigil.inference.media import ImageLimits
 from vigil.server.api.accounts import (
@@ -32,11 +33,11 @@ from vigil.server.context import AppContext
 from vigil.server.jobs.webhooks import WebhookDispatcher
 from vigil.server.jobs.worker import AnalysisWorkers
 from vigil.server.security.auth import AuthInterceptor
-from vigil.server.security.tls import Security, build_security, server_credentials
+from vigil.server.security.state import Security, build_security
+from vigil.server.security.tls import server_credentials
 from vigil.server.settings import Settings
 from vigil.storage.blobs import LocalBlobStore
 from vigil.storage.db import Database, migrate
-from vigil.storage.face_index import FaceIndex
 from vigil.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -62,6 +63,16 @@ SERVICE_NAMES = (
     collections_pb2.DESCRIPTOR.services_by_name["Collections"].full_name,
     webhooks_pb2.DESCRIPTOR.services_by_name["Webhooks"].full_name,
 )
+
+
+def thresholds(settings: Settings) -> Thresholds:
+    """Every decision threshold, from the settings: the one source (``engine.config``)."""
+    return Thresholds(
+        liveness=settings.liveness_threshold,
+        match_distance=settings.match_distance_threshold,
+        search_distance=settings.search_threshold,
+        biometry_grey_zone=settings.biometry_grey_zone,
+    )
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -102,8 +113,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         detect_max_side=settings.detect_max_side,
         detect_min_side=settings.detect_min_side,
         min_face_px=settings.min_face_px,
-        liveness_threshold=settings.liveness_threshold,
-        match_distance_threshold=settings.match_distance_threshold,
+        thresholds=thresholds(settings),
         batching=batching,
         detector_instances=settings.detector_instances,
         batch_fill_wait_s=settings.batch_fill_wait_ms / 1000.0,
@@ -168,7 +178,6 @@ async def open_app(settings: Settings, engine: Engine | None = None) -> AppConte
         engine=engine,
         database=database,
         blobs=blobs,
-        face_index=FaceIndex(threshold=settings.search_threshold),
     )
 
 

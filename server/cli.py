@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vigil.client.cli import main
+from vigil.client.cli import main as main
 from vigil.inference import catalog
 from vigil.inference.errors import VigilError
 from vigil.server.settings import Settings

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlmodel import Session
 
@@ -18,6 +18,7 @@ from vigil.inference.engine import Engine
 from vigil.server.settings import Settings
 from vigil.storage.blobs import LocalBlobStore
 from vigil.storage.db import Database
+from vigil.storage.face_index import FaceIndex
 
 T = TypeVar("T")
 
@@ -35,8 +36,8 @@ class AppContext:
     jobs_queued: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set when webhook deliveries are queued on this replica, so the dispatcher wakes at once.
     deliveries_queued: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Collections' embeddings in memory (see storage.face_index); built by the Collections work.
-    face_index: Any = None
+    #: Collections' embeddings in memory for 1:N search (see vigil.storage.face_index).
+    face_index: FaceIndex = field(default_factory=FaceIndex)
     #: The loop the server runs on (DB threads use it to wake waiters).
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     #: Fire-and-forget writes (audit events) still running; kept so they are not collected.

@@ -11,33 +11,50 @@ duplicate never overwrites a result.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, or_, update
 from sqlmodel import Session, col, select
 
+from vigil.inference.errors import FailedPrecondition
 from vigil.storage.common import not_found
 from vigil.storage.folders import get_folder
+from vigil.storage.results import AnalysisState, AnalysisType, Resolution, StoredResult
 from vigil.storage.tables import Analysis, Folder, utcnow
 
-FINAL_STATES = ("FINISHED", "FAILED")
 #: Order of precedence when a folder's analyses disagree.
-_PRECEDENCE = ("PROCESSING", "DECLINED", "OPERATOR_REQUIRED", "FAILED", "SUCCESS")
+_PRECEDENCE = (
+    Resolution.PROCESSING,
+    Resolution.DECLINED,
+    Resolution.OPERATOR_REQUIRED,
+    Resolution.FAILED,
+    Resolution.SUCCESS,
+)
+
+
+@dataclass(frozen=True)
+class NewAnalysis:
+    """An analysis to queue: its type and what it was asked with."""
+
+    type: AnalysisType
+    #: ``collection`` (BLACKLIST), ``threshold`` (when the caller chose one).
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 def create_analyses(
-    folder_id: str, requests: list[dict[str, Any]], *, company_id: str, session: Session
+    folder_id: str, requests: list[NewAnalysis], *, company_id: str, session: Session
 ) -> list[Analysis]:
-    """Queue analyses (each ``{"type": ..., "params": {...}}``) on a folder."""
+    """Queue analyses on a folder."""
     folder = get_folder(folder_id, company_id=company_id, session=session)
     now = utcnow()
     analyses = [
         Analysis(
             company_id=company_id,
             folder_id=folder.id,
-            type=request["type"],
-            params=request.get("params", {}),
+            type=request.type,
+            params=dict(request.params),
             created_at=now,
             updated_at=now,
         )
@@ -45,7 +62,7 @@ def create_analyses(
     ]
     session.add_all(analyses)
     folder.analyses_count += len(analyses)
-    folder.resolution = "PROCESSING"
+    folder.resolution = Resolution.PROCESSING
     folder.updated_at = now
     session.add(folder)
     session.flush()
@@ -76,7 +93,7 @@ def claim(worker: str, lease_s: float, max_attempts: int, *, session: Session) -
     available = (
         select(Analysis.id)
         .where(
-            Analysis.state == "PROCESSING",
+            Analysis.state == AnalysisState.PROCESSING,
             or_(col(Analysis.lease_expires_at).is_(None), col(Analysis.lease_expires_at) < now),
             Analysis.attempts < max_attempts,
         )
@@ -109,7 +126,7 @@ def renew(analysis_id: str, worker: str, lease_s: float, *, session: Session) ->
         .where(
             col(Analysis.id) == analysis_id,
             col(Analysis.lease_owner) == worker,
-            col(Analysis.state) == "PROCESSING",
+            col(Analysis.state) == AnalysisState.PROCESSING,
         )
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
     )
@@ -121,9 +138,10 @@ def complete(
     analysis_id: str,
     worker: str,
     *,
-    state: str,
-    resolution: str,
-    values: dict[str, Any],
+    state: AnalysisState,
+    resolution: Resolution,
+    stored: StoredResult,
+    processing_ms: float,
     session: Session,
     on_success: Callable[[Session, Analysis, Folder], None] | None = None,
 ) -> bool:
@@ -139,7 +157,7 @@ def complete(
         .where(
             col(Analysis.id) == analysis_id,
             col(Analysis.lease_owner) == worker,
-            col(Analysis.state) == "PROCESSING",
+            col(Analysis.state) == AnalysisState.PROCESSING,
         )
         .values(
             state=state,
@@ -147,7 +165,8 @@ def complete(
             finished_at=now,
             updated_at=now,
             lease_expires_at=None,
-            **values,
+            processing_ms=processing_ms,
+            **stored.columns(),
         )
     )
     if not cast(CursorResult[Any], result).rowcount:
@@ -167,13 +186,13 @@ def fail_exhausted(max_attempts: int, *, session: Session) -> list[Analysis]:
     now = utcnow()
     stuck = session.exec(
         select(Analysis).where(
-            Analysis.state == "PROCESSING",
+            Analysis.state == AnalysisState.PROCESSING,
             Analysis.attempts >= max_attempts,
             and_(col(Analysis.lease_expires_at).is_not(None), col(Analysis.lease_expires_at) < now),
         )
     ).all()
     for analysis in stuck:
-        analysis.state, analysis.resolution = "FAILED", "FAILED"
+        analysis.state, analysis.resolution = AnalysisState.FAILED, Resolution.FAILED
         analysis.error = (
             f"gave up after {analysis.attempts} attempts (the worker stopped each time)"
         )
@@ -187,14 +206,14 @@ def fail_exhausted(max_attempts: int, *, session: Session) -> list[Analysis]:
     return list(stuck)
 
 
-def aggregate(resolutions: list[str]) -> str | None:
+def aggregate(resolutions: list[str]) -> Resolution | None:
     """A folder's resolution from its analyses' (None when it has none)."""
     if not resolutions:
         return None
     for candidate in _PRECEDENCE:
         if candidate in resolutions:
             return candidate
-    return "FAILED"
+    return Resolution.FAILED
 
 
 def refresh_folder_resolution(folder_id: str, *, session: Session) -> Folder | None:
@@ -215,7 +234,9 @@ def refresh_folder_resolution(folder_id: str, *, session: Session) -> Folder | N
     ).all()
     folder.resolution = aggregate(
         [
-            "PROCESSING" if state == "PROCESSING" else (resolution or "FAILED")
+            Resolution.PROCESSING
+            if state == AnalysisState.PROCESSING
+            else (resolution or Resolution.FAILED)
             for state, resolution in rows
         ]
     )
@@ -225,11 +246,50 @@ def refresh_folder_resolution(folder_id: str, *, session: Session) -> Folder | N
     return folder
 
 
-def queue_depth(*, session: Session) -> int:
-    from sqlalchemy import func
-
-    return int(
-        session.exec(
-            select(func.count()).select_from(Analysis).where(Analysis.state == "PROCESSING")
-        ).one()
+def stored_result(analysis: Analysis) -> StoredResult:
+    """The analysis's result columns, typed."""
+    return StoredResult.of_columns(
+        analysis.results, analysis.decisive, analysis.thresholds, analysis.models, analysis.error
     )
+
+
+def resolve_by_operator(
+    analysis_id: str,
+    resolution: Resolution,
+    comment: str,
+    *,
+    actor: str,
+    company_id: str,
+    session: Session,
+) -> Analysis:
+    """An operator's decision on an OPERATOR_REQUIRED analysis: recorded with who and when; the
+    folder's resolution follows. FailedPrecondition when the analysis awaits no operator."""
+    row = get_analysis(analysis_id, company_id=company_id, session=session)
+    if row.state != AnalysisState.FINISHED or row.resolution != Resolution.OPERATOR_REQUIRED:
+        raise FailedPrecondition(
+            f"analysis {row.id} is {row.state}/{row.resolution}, not awaiting an operator"
+        )
+    row.resolution = resolution
+    row.decided_by, row.decided_at = actor, utcnow()
+    row.decision_comment = comment[:2000]
+    session.add(row)
+    session.flush()
+    refresh_folder_resolution(row.folder_id, session=session)
+    return row
+
+
+def final_resolution(
+    folder_id: str, analysis_id: str | None, *, company_id: str, session: Session
+) -> tuple[Folder, Resolution]:
+    """The final resolution of a folder (or of one of its analyses) and the folder, for a
+    signed verdict. NotFound for another folder's analysis; FailedPrecondition while it runs."""
+    folder = get_folder(folder_id, company_id=company_id, session=session)
+    resolution: str | None = folder.resolution
+    if analysis_id is not None:
+        row = get_analysis(analysis_id, company_id=company_id, session=session)
+        if row.folder_id != folder.id:
+            raise not_found("analysis", analysis_id)
+        resolution = None if row.state == AnalysisState.PROCESSING else row.resolution
+    if resolution in (None, Resolution.PROCESSING):
+        raise FailedPrecondition("the verdict is not final yet")
+    return folder, Resolution(resolution)

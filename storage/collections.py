@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 from vigil.inference.catalog import DLIB_RESNET
 from vigil.inference.errors import AlreadyExists, InvalidArgument, InvalidTemplate
 from vigil.storage.common import decode_page_token, encode_page_token, not_found, validate_meta
+from vigil.storage.results import FaceRecord
 from vigil.storage.tables import Collection, CollectionFace
 
 #: Collections are made for the server's embedding model.
@@ -42,10 +43,6 @@ def validate_name(name: str) -> str:
 
 def encode_embedding(values: np.ndarray) -> bytes:
     return np.ascontiguousarray(values, dtype=_DTYPE).tobytes()
-
-
-def decode_embedding(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=_DTYPE).astype(np.float32)
 
 
 def check_model(collection: Collection, model_name: str, model_version: str) -> None:
@@ -158,8 +155,8 @@ class NewFace:
     person_label: str = ""
     meta: dict[str, str] | None = None
     source_media_id: str | None = None
-    #: The detected face ({"box": [x, y, w, h], "landmarks": [[x, y], ...], "score": s}).
-    face: dict[str, Any] | None = None
+    #: The detected face (None when the face came as a template).
+    face: FaceRecord | None = None
 
 
 def add_face(
@@ -181,7 +178,7 @@ def add_face(
         model_name=new.model_name,
         model_version=new.model_version,
         source_media_id=new.source_media_id,
-        face=new.face or {},
+        face=new.face.to_json() if new.face is not None else {},
     )
     session.add(face)
     session.flush()

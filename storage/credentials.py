@@ -102,6 +102,14 @@ def get_user(user_id: str, *, company_id: str | None, session: Session) -> User:
     return user
 
 
+def disable_user(user_id: str, *, company_id: str | None, session: Session) -> User:
+    """A user may no longer log in or use its tokens (company_id None: any company)."""
+    user = get_user(user_id, company_id=company_id, session=session)
+    user.disabled = True
+    session.add(user)
+    return user
+
+
 def list_users(*, company_id: str, session: Session) -> list[User]:
     return list(session.exec(select(User).where(User.company_id == company_id)).all())
 

@@ -22,7 +22,6 @@ import numpy as np
 from sqlmodel import Session
 
 from vigil.inference.errors import InvalidArgument, NotFound
-from vigil.inference.models import similarity_from_distance
 from vigil.storage import collections as repo
 from vigil.storage.tables import Collection
 
@@ -31,8 +30,8 @@ from vigil.storage.tables import Collection
 class SearchHit:
     face_id: str
     person_label: str
+    #: Euclidean distance to the query (what the callers decide a match by).
     distance: float
-    similarity: float
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,7 @@ _Key = tuple[str, str]  # (company_id, collection_id)
 class FaceIndex:
     """Per-collection search matrices, cached by revision. One per process (``app.face_index``)."""
 
-    def __init__(self, threshold: float = 0.6, prune_every_s: float = 60.0) -> None:
-        #: Default distance threshold for ``similarity`` (the server's search_threshold).
-        self.threshold = threshold
+    def __init__(self, prune_every_s: float = 60.0) -> None:
         self.prune_every_s = prune_every_s
         self._entries: dict[_Key, IndexEntry] = {}
         self._load_locks: dict[_Key, threading.Lock] = {}
@@ -102,12 +99,9 @@ class FaceIndex:
         top_k: int,
         *,
         session: Session,
-        threshold: float | None = None,
     ) -> list[SearchHit]:
         """The ``top_k`` nearest faces, nearest first. NotFound for an unknown collection."""
-        return self.search_detailed(
-            company_id, collection_name, query, top_k, session=session, threshold=threshold
-        ).hits
+        return self.search_detailed(company_id, collection_name, query, top_k, session=session).hits
 
     def search_detailed(
         self,
@@ -117,7 +111,6 @@ class FaceIndex:
         top_k: int,
         *,
         session: Session,
-        threshold: float | None = None,
         model: tuple[str, str] | None = None,
     ) -> SearchResult:
         """Like ``search``, with the collection, the number searched and the time taken.
@@ -127,7 +120,6 @@ class FaceIndex:
         started = time.perf_counter()
         if top_k < 1:
             raise InvalidArgument(f"top_k is {top_k}; it must be at least 1")
-        threshold = self.threshold if threshold is None else threshold
         try:
             collection = repo.get_collection(
                 collection_name, company_id=company_id, session=session
@@ -139,7 +131,7 @@ class FaceIndex:
             repo.check_model(collection, *model)
         q = repo.check_embedding(query)
         entry, reloaded = self._entry(company_id, collection, session)
-        hits = rank(entry, q, top_k, threshold)
+        hits = rank(entry, q, top_k)
         self._maybe_prune(session)
         return SearchResult(
             collection=collection,
@@ -232,7 +224,7 @@ class FaceIndex:
             return sum(entry.nbytes for entry in self._entries.values())
 
 
-def rank(entry: IndexEntry, q: np.ndarray, top_k: int, threshold: float) -> list[SearchHit]:
+def rank(entry: IndexEntry, q: np.ndarray, top_k: int) -> list[SearchHit]:
     """The ``top_k`` faces of ``entry`` nearest to ``q``, nearest first."""
     n = len(entry.ids)
     if n == 0:
@@ -250,7 +242,6 @@ def rank(entry: IndexEntry, q: np.ndarray, top_k: int, threshold: float) -> list
             face_id=entry.ids[int(candidates[i])],
             person_label=entry.labels[int(candidates[i])],
             distance=float(exact[i]),
-            similarity=similarity_from_distance(float(exact[i]), threshold),
         )
         for i in order
     ]

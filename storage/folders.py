@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, delete, exists, func, or_
+from sqlalchemy import CursorResult, and_, delete, exists, or_
 from sqlmodel import Session, col, select
 
 from vigil.inference.errors import InvalidArgument
@@ -199,6 +199,27 @@ def add_media(media: Media, *, session: Session) -> Media:
     return media
 
 
+def add_best_shot(
+    source: Media, media_id: str, *, blob_key: str, size: int, content_type: str, session: Session
+) -> Media:
+    """The image a BEST_SHOT analysis made of ``source`` (its blob already committed)."""
+    media = Media(
+        id=media_id,
+        company_id=source.company_id,
+        folder_id=source.folder_id,
+        media_type="IMAGE",
+        tags=["best_shot"],
+        sha256=blob_key,
+        size=size,
+        content_type=content_type,
+        original_name=f"best_shot_of_{source.id}",
+        blob_key=blob_key,
+        source_media_id=source.id,
+    )
+    session.add(media)
+    return media
+
+
 def get_media(media_id: str, *, company_id: str, session: Session) -> Media:
     media = session.exec(
         select(Media).where(Media.id == media_id, Media.company_id == company_id)
@@ -223,11 +244,3 @@ def delete_media(media_id: str, *, company_id: str, session: Session) -> list[st
     session.delete(media)
     session.flush()
     return unreferenced_blobs({media.blob_key}, session=session)
-
-
-def count_folders(*, company_id: str, session: Session) -> int:
-    return int(
-        session.exec(
-            select(func.count()).select_from(Folder).where(Folder.company_id == company_id)
-        ).one()
-    )

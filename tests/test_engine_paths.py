@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import FACES, read
-from vigil.inference.backends import BackendOptions
+from tests.conftest import FACES, make_settings, read
 from vigil.inference.catalog import DLIB_RESNET
-from vigil.inference.engine import Engine, EngineConfig
+from vigil.inference.engine import Engine
+from vigil.server.app import engine_config
 
 NAMES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]
 
 
 async def test_an_image_alone_and_among_others_gets_the_same_template(models_dir: Path) -> None:
-    engine = Engine(EngineConfig(models_dir, backend_options=BackendOptions(intra_op_threads=2)))
+    engine = Engine(engine_config(make_settings(models_dir, intra_op_threads=2)))
     await engine.start()
     try:
         batcher = engine.batchers[DLIB_RESNET.name]
@@ -49,7 +49,7 @@ async def test_load_accounting_returns_to_zero_after_cancelled_and_failed_reques
     """The counts the engine schedules by (images upstream of a model, requests held by each
     batcher) must not leak when requests are cancelled or fail, or batches would wait forever
     for faces that never come and lone requests would never run alone again."""
-    engine = Engine(EngineConfig(models_dir, backend_options=BackendOptions(intra_op_threads=2)))
+    engine = Engine(engine_config(make_settings(models_dir, intra_op_threads=2)))
     await engine.start()
     try:
         images = [read(FACES / name) for name in NAMES] * 3
@@ -64,6 +64,7 @@ async def test_load_accounting_returns_to_zero_after_cancelled_and_failed_reques
         assert any(not isinstance(o, BaseException) for o in outcomes)
         await asyncio.sleep(0.1)  # cancelled jobs already running finish in their threads
         assert all(count == 0 for count in engine._upstream.values()), engine._upstream
+        assert engine._inflight == 0  # every admitted image was let go
         assert {name: b.load for name, b in engine.batchers.items()} == dict.fromkeys(
             engine.batchers, 0
         )

@@ -13,8 +13,16 @@ from sqlalchemy import text
 
 from vigil.inference.errors import InvalidArgument, NotFound
 from vigil.storage import analyses, folders
+from vigil.storage.analyses import NewAnalysis
 from vigil.storage.blobs import LocalBlobStore
 from vigil.storage.db import Database, migrate
+from vigil.storage.results import (
+    AnalysisState,
+    AnalysisType,
+    MediaResult,
+    Resolution,
+    StoredResult,
+)
 from vigil.storage.tables import Media, utcnow
 
 
@@ -55,7 +63,9 @@ def test_another_companys_folder_is_not_found(db: Database) -> None:
         with pytest.raises(NotFound):
             folders.delete_folder(folder.id, company_id=b, session=s)
         with pytest.raises(NotFound):
-            analyses.create_analyses(folder.id, [{"type": "LIVENESS"}], company_id=b, session=s)
+            analyses.create_analyses(
+                folder.id, [NewAnalysis(AnalysisType.LIVENESS)], company_id=b, session=s
+            )
         rows, _ = folders.list_folders(folders.FolderQuery(), company_id=b, session=s)
         assert rows == []
         assert folders.get_folder(folder.id, company_id=a, session=s).meta == {"k": "v"}
@@ -80,8 +90,12 @@ def test_list_filters_and_pagination(db: Database) -> None:
             meta = {"transaction_id": f"t{i % 3}", "user_id": f"u{i}"}
             made.append(folders.create_folder(meta, company_id=a, session=s))
             s.flush()
-        analyses.create_analyses(made[0].id, [{"type": "LIVENESS"}], company_id=a, session=s)
-        analyses.create_analyses(made[3].id, [{"type": "LIVENESS"}], company_id=a, session=s)
+        analyses.create_analyses(
+            made[0].id, [NewAnalysis(AnalysisType.LIVENESS)], company_id=a, session=s
+        )
+        analyses.create_analyses(
+            made[3].id, [NewAnalysis(AnalysisType.LIVENESS)], company_id=a, session=s
+        )
         s.commit()
 
         def ids(**kwargs):  # type: ignore[no-untyped-def]
@@ -203,7 +217,7 @@ def _queued(db: Database, count: int = 1) -> tuple[str, list[str]]:
     with db.session() as s:
         folder = folders.create_folder({}, company_id=a, session=s)
         rows = analyses.create_analyses(
-            folder.id, [{"type": "LIVENESS"}] * count, company_id=a, session=s
+            folder.id, [NewAnalysis(AnalysisType.LIVENESS)] * count, company_id=a, session=s
         )
         s.commit()
         return folder.id, [r.id for r in rows]
@@ -219,24 +233,29 @@ def test_a_dead_workers_job_runs_again_after_its_lease(db: Database) -> None:
     with db.session() as s:
         again = analyses.claim("alive", 30, 3, session=s)
         assert again is not None and again.id == job_id and again.attempts == 2
+        result = MediaResult(media_id="m", resolution=Resolution.SUCCESS)
         assert analyses.complete(
             job_id,
             "alive",
-            state="FINISHED",
-            resolution="SUCCESS",
-            values={"results": [{"media_id": "m"}]},
+            state=AnalysisState.FINISHED,
+            resolution=Resolution.SUCCESS,
+            stored=StoredResult(results=[result]),
+            processing_ms=1.0,
             session=s,
         )
         # The dead worker wakes up late: its result is refused, the written one stays.
         assert not analyses.complete(
-            job_id, "dead", state="FINISHED", resolution="DECLINED", values={}, session=s
+            job_id,
+            "dead",
+            state=AnalysisState.FINISHED,
+            resolution=Resolution.DECLINED,
+            stored=StoredResult(),
+            processing_ms=1.0,
+            session=s,
         )
         row = analyses.get_analysis(job_id, company_id=again.company_id, session=s)
-        assert (row.state, row.resolution, row.results) == (
-            "FINISHED",
-            "SUCCESS",
-            [{"media_id": "m"}],
-        )
+        assert (row.state, row.resolution) == ("FINISHED", "SUCCESS")
+        assert analyses.stored_result(row).results == [result]
 
 
 def test_jobs_whose_attempts_are_used_up_fail(db: Database) -> None:
@@ -306,7 +325,7 @@ def test_analyses_finishing_together_leave_the_folder_final(db: Database) -> Non
         with db.session() as s:
             folder = folders.create_folder({}, company_id=a, session=s)
             rows = analyses.create_analyses(
-                folder.id, [{"type": "LIVENESS"}] * 2, company_id=a, session=s
+                folder.id, [NewAnalysis(AnalysisType.LIVENESS)] * 2, company_id=a, session=s
             )
             s.commit()
         with db.session() as s:
@@ -319,7 +338,13 @@ def test_analyses_finishing_together_leave_the_folder_final(db: Database) -> Non
             with db.session() as s:
                 barrier.wait()
                 assert analyses.complete(
-                    job_id, worker, state="FINISHED", resolution="SUCCESS", values={}, session=s
+                    job_id,
+                    worker,
+                    state=AnalysisState.FINISHED,
+                    resolution=Resolution.SUCCESS,
+                    stored=StoredResult(),
+                    processing_ms=1.0,
+                    session=s,
                 )
 
         threads = [

@@ -25,6 +25,7 @@ from vigil.client import AsyncVigilClient, Verdict, VerdictError, VigilClient, v
 from vigil.client.connection import Connection
 from vigil.server.security.tokens import public_jwk
 from vigil.storage import analyses
+from vigil.storage.results import AnalysisType
 from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2_grpc
 from vigil.v1 import folders_pb2 as fp
 
@@ -197,9 +198,9 @@ def test_keys_and_jwks_are_checked() -> None:
     refused("MALFORMED", "a.b.c", key.jwks)
 
 
-def test_without_pyjwt_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_pyjwt_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "jwt", None)
-    with pytest.raises(ImportError, match=r"vigil\[verify\]"):
+    with pytest.raises(ImportError, match=r"vigil-client.*pip install 'PyJWT\[crypto\]"):
         verify_verdict("a.b.c", "{}")
 
 
@@ -340,7 +341,10 @@ def test_unfinished_and_foreign_folders_get_no_verdict(api_server: ServerThread)
         def queue_held(session: Any) -> str:
             """A LIVENESS analysis held by a worker that never finishes: PROCESSING for sure."""
             [row] = analyses.create_analyses(
-                pending.id, [{"type": "LIVENESS"}], company_id=company_id, session=session
+                pending.id,
+                [analyses.NewAnalysis(AnalysisType.LIVENESS)],
+                company_id=company_id,
+                session=session,
             )
             row.lease_owner = "tests (never finishes)"
             row.lease_expires_at = datetime.now(UTC) + timedelta(hours=1)

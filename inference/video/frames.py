@@ -48,7 +48,7 @@ def thumbnail(frame: Any) -> np.ndarray:
         luma = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
         rows = np.linspace(0, frame.height - 1, 32).astype(int)
         cols = np.linspace(0, frame.width - 1, 32).astype(int)
-        return luma[np.ix_(rows, cols)].astype(np.int16)
+        return np.asarray(luma[np.ix_(rows, cols)], np.int16)
     return np.asarray(frame.reformat(width=32, height=32, format="gray").to_ndarray(), np.int16)
 
 

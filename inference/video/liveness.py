@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from vigil.inference.decisions import is_match
 from vigil.inference.engine import Engine
 from vigil.inference.errors import FaceNotFound, MultipleFaces
 from vigil.inference.face_quality import face_quality
@@ -57,11 +58,11 @@ class VideoLiveness:
 
     @property
     def threshold(self) -> float:
-        return self.engine.config.liveness_threshold
+        return self.engine.config.thresholds.liveness
 
     async def decode(self, data: bytes, timings: Timings) -> DecodedVideo:
         started = time.perf_counter()
-        video = await self.engine._in_thread(
+        video = await self.engine.in_thread(
             decode_video, data, self.config.limits, self.config.sampling
         )
         timings.decode_ms += (time.perf_counter() - started) * 1000
@@ -80,14 +81,14 @@ class VideoLiveness:
         faces = await self.engine.detect_faces(image, timings, deadline)
         result.face_count = len(faces)
         if not faces:
-            result.hash = await self.engine._in_thread(frame_hash, image.bgr)
+            result.hash = await self.engine.in_thread(frame_hash, image.bgr)
             return result
         face = faces[0]
         liveness, embedding, quality, hashed = await asyncio.gather(
             self.engine.liveness_of(image, face, timings, deadline),
             self.engine.embedding_of(image, face, timings, deadline),
-            self.engine._in_thread(face_quality, image.bgr, face),
-            self.engine._in_thread(frame_hash, image.bgr),
+            self.engine.in_thread(face_quality, image.bgr, face),
+            self.engine.in_thread(frame_hash, image.bgr),
         )
         result.face, result.score, result.per_model = face, liveness.score, liveness.per_model
         result.embedding, result.quality, result.hash = embedding, quality, hashed
@@ -100,8 +101,16 @@ class VideoLiveness:
         origin: str | None = None,
         require_single: bool = False,
         deadline: float | None = None,
+        *,
+        admit: bool = True,
     ) -> VideoVerdict:
-        """The whole video: decode + sample, every sampled frame at once, then the verdict."""
+        """The whole video: decode + sample, every sampled frame at once, then the verdict.
+        Admitted as many images as frames are sampled (``admit=False``: a background job)."""
+        if admit:
+            async with self.engine.admission(self.config.sampling.count):
+                return await self.analyze(
+                    data, capture, origin, require_single, deadline, admit=False
+                )
         timings = Timings()
         started = time.perf_counter()
         video = await self.decode(data, timings)
@@ -146,18 +155,19 @@ class VideoLiveness:
     def mark_subject(self, frames: list[FrameResult]) -> tuple[list[FrameResult], IdentityCheck]:
         """Compare every face with the medoid face; mark the frames that show the subject."""
         with_face = [f for f in frames if f.face is not None and f.embedding is not None]
-        threshold = self.engine.config.match_distance_threshold
+        threshold = self.engine.config.thresholds.match_distance
         check = identity_check(
             [f.embedding for f in with_face if f.embedding is not None], threshold
         )
         for frame, distance in zip(with_face, check.distances, strict=True):
-            frame.identity_distance, frame.is_subject = distance, distance < threshold
+            frame.identity_distance, frame.is_subject = distance, is_match(distance, threshold)
         return with_face, check
 
     async def best_of(
         self, data: bytes, deadline: float | None = None
     ) -> tuple[BestShot, FrameResult, VideoInfo]:
-        """The best shot of a video and its frame (embedding included); no replay bookkeeping."""
+        """The best shot of a video and its frame (embedding included); no replay bookkeeping.
+        For background jobs: not admitted (see ``Engine.admission``)."""
         timings = Timings()
         video = await self.decode(data, timings)
         frames = await asyncio.gather(
@@ -230,16 +240,13 @@ class VideoLiveness:
     ) -> VideoVerdict:
         with_face = self.require_faces(frames)
         # identity, replay lookups (up to 50k hashes) and timing: numpy work, off the loop
-        signals = await self.engine._in_thread(
+        signals = await self.engine.in_thread(
             self.signals, frames, origin, sha256, capture, duplicates
         )
         score = interquartile_mean([f.score for f in with_face if f.score is not None])
         best = await self.best_shot(frames)
-        live = score >= self.threshold and not any(s.declines for s in signals)
         face_count = max(f.face_count for f in frames)
-        return VideoVerdict(
-            live, score, self.threshold, frames, signals, best, None, timings, face_count
-        )
+        return VideoVerdict(score, self.threshold, frames, signals, best, None, timings, face_count)
 
     async def best_shot(self, frames: list[FrameResult]) -> BestShot | None:
         candidates = [f for f in frames if f.is_subject and f.image is not None]
@@ -247,7 +254,7 @@ class VideoLiveness:
             return None
         best = max(candidates, key=lambda f: f.rank)
         assert best.image is not None and best.face is not None and best.quality is not None
-        jpeg = await self.engine._in_thread(encode_jpeg, best.image.bgr)
+        jpeg = await self.engine.in_thread(encode_jpeg, best.image.bgr)
         return BestShot(
             best.index,
             best.time_s,

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vigil.inference.decisions import is_match
+
 
 @dataclass(frozen=True)
 class Signal:
@@ -67,7 +69,7 @@ def identity_check(embeddings: list[np.ndarray], threshold: float) -> IdentityCh
     pairwise = np.linalg.norm(matrix[:, None, :] - matrix[None, :, :], axis=-1)
     medoid = int(np.argmin(pairwise.sum(axis=1)))
     distances = [float(d) for d in pairwise[medoid]]
-    return IdentityCheck(medoid, distances, sum(d >= threshold for d in distances))
+    return IdentityCheck(medoid, distances, sum(not is_match(d, threshold) for d in distances))
 
 
 def subject_changed(check: IdentityCheck, min_share: float = 0.2) -> bool:

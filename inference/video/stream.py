@@ -108,7 +108,7 @@ class StreamSession:
             if abs(self.score - self.video.threshold) >= cfg.margin or good >= 2 * cfg.min_frames:
                 return f"{good} frames with a face"
             embeddings = [f.embedding for f in self.with_face if f.embedding is not None]
-            check = identity_check(embeddings, self.video.engine.config.match_distance_threshold)
+            check = identity_check(embeddings, self.video.engine.config.thresholds.match_distance)
             if subject_changed(check):
                 return "the face changed to another person"
         if good == 0 and processed >= cfg.no_face_frames:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from vigil.inference.decisions import is_live
 from vigil.inference.errors import InvalidMedia
 from vigil.inference.face_quality import FaceQuality
 from vigil.inference.media import DecodedImage
@@ -62,8 +63,8 @@ class BestShot:
 
 @dataclass
 class VideoVerdict:
-    live: bool
     score: float
+    #: The liveness threshold the verdict was given at (the server's).
     threshold: float
     frames: list[FrameResult]
     signals: list[Signal]
@@ -76,6 +77,14 @@ class VideoVerdict:
     @property
     def declined_by(self) -> list[str]:
         return [s.name for s in self.signals if s.declines]
+
+    def live_at(self, threshold: float) -> bool:
+        """Live at ``threshold``: the score passes and no signal declines."""
+        return is_live(self.score, threshold) and not self.declined_by
+
+    @property
+    def live(self) -> bool:
+        return self.live_at(self.threshold)
 
 
 def encode_jpeg(bgr: np.ndarray, quality: int = 92) -> bytes:

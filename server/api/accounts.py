@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, timedelta
-from typing import Any
 
-import grpc
 from sqlmodel import Session
 
-from vigil.inference.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from vigil.inference.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from vigil.server.api import accounts_converters as conv
-from vigil.server.api.folders_converters import analysis_message, timestamp
+from vigil.server.api.converters import Context, timestamp
+from vigil.server.api.folders_converters import analysis_message
 from vigil.server.security.permissions import GRANTABLE_BY_CLIENT_ADMIN
 from vigil.server.security.principal import Principal, acting_company, current_principal
-from vigil.server.security.tls import Security
-from vigil.storage import analyses, credentials, folders
+from vigil.server.security.state import Security
+from vigil.storage import analyses, credentials
 from vigil.storage.common import not_found, page_size
+from vigil.storage.results import Resolution
 from vigil.storage.tables import utcnow
 from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2
 
@@ -41,35 +42,38 @@ class AuthServicer(auth_pb2_grpc.AuthServicer):
         self.security = security
         self.app = security.app
 
-    async def Login(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        self.security.authenticator.check_lockout(context)
-
+    async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.TokenPair:
         def work(session: Session) -> auth_pb2.TokenPair:
             user = credentials.authenticate_password(
                 request.email, request.password, session=session
             )
             return _tokens(self.security, user.id, session)
 
-        try:
-            return await self.app.db(work)
-        except Exception:
-            self.security.authenticator.record_failure(context)
-            raise
+        return await self._counting_failures(work, context)
 
-    async def Refresh(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        self.security.authenticator.check_lockout(context)
-
+    async def Refresh(
+        self, request: auth_pb2.RefreshRequest, context: Context
+    ) -> auth_pb2.TokenPair:
         def work(session: Session) -> auth_pb2.TokenPair:
             user = credentials.use_refresh_token(request.refresh_token, session=session)
             return _tokens(self.security, user.id, session)
 
+        return await self._counting_failures(work, context)
+
+    async def _counting_failures(
+        self, work: Callable[[Session], auth_pb2.TokenPair], context: Context
+    ) -> auth_pb2.TokenPair:
+        """Run a credential check; a refused credential (only that: not a database outage)
+        counts towards the caller's address lockout."""
+        authenticator = self.security.authenticator
+        authenticator.check_lockout(context)
         try:
             return await self.app.db(work)
-        except Exception:
-            self.security.authenticator.record_failure(context)
+        except Unauthenticated:
+            authenticator.record_failure(context)
             raise
 
-    async def WhoAmI(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Context) -> auth_pb2.Principal:
         p = current_principal()
         return auth_pb2.Principal(
             company_id=p.company_id,
@@ -90,6 +94,11 @@ def _target_company(principal: Principal, requested: str, session: Session) -> s
     raise not_found("company", requested)
 
 
+def _scope(principal: Principal) -> str | None:
+    """The company whose users and keys the caller may change (None: any, for ADMIN)."""
+    return None if principal.role == "ADMIN" else principal.acting_company_id
+
+
 def _check_grant(principal: Principal, role: str, result_mode: str) -> None:
     if principal.role != "ADMIN" and role not in GRANTABLE_BY_CLIENT_ADMIN:
         raise PermissionDenied(f"role {principal.role} may not grant role {role}")
@@ -102,15 +111,21 @@ class AdminServicer(auth_pb2_grpc.AdminServicer):
         self.security = security
         self.app = security.app
 
-    async def CreateCompany(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateCompany(
+        self, request: auth_pb2.CreateCompanyRequest, context: Context
+    ) -> auth_pb2.Company:
         company = await self.app.db(lambda s: credentials.create_company(request.name, session=s))
         return conv.company_message(company)
 
-    async def ListCompanies(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListCompanies(
+        self, request: auth_pb2.ListCompaniesRequest, context: Context
+    ) -> auth_pb2.ListCompaniesResponse:
         rows = await self.app.db(lambda s: credentials.list_companies(session=s))
         return auth_pb2.ListCompaniesResponse(companies=[conv.company_message(c) for c in rows])
 
-    async def CreateUser(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateUser(
+        self, request: auth_pb2.CreateUserRequest, context: Context
+    ) -> auth_pb2.User:
         principal = current_principal()
         role, mode = conv.role_name(request.role), conv.result_mode_name(request.result_mode)
         _check_grant(principal, role, mode)
@@ -124,7 +139,9 @@ class AdminServicer(auth_pb2_grpc.AdminServicer):
 
         return await self.app.db(work)
 
-    async def ListUsers(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListUsers(
+        self, request: auth_pb2.ListUsersRequest, context: Context
+    ) -> auth_pb2.ListUsersResponse:
         principal = current_principal()
 
         def work(session: Session) -> auth_pb2.ListUsersResponse:
@@ -134,21 +151,19 @@ class AdminServicer(auth_pb2_grpc.AdminServicer):
 
         return await self.app.db(work)
 
-    async def DisableUser(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        principal = current_principal()
-        scope = None if principal.role == "ADMIN" else principal.acting_company_id
-
-        def work(session: Session) -> auth_pb2.User:
-            user = credentials.get_user(request.user_id, company_id=scope, session=session)
-            user.disabled = True
-            session.add(user)
-            return conv.user_message(user)
-
-        reply = await self.app.db(work)
+    async def DisableUser(
+        self, request: auth_pb2.DisableUserRequest, context: Context
+    ) -> auth_pb2.User:
+        scope = _scope(current_principal())
+        user = await self.app.db(
+            lambda s: credentials.disable_user(request.user_id, company_id=scope, session=s)
+        )
         self.security.authenticator.forget()
-        return reply
+        return conv.user_message(user)
 
-    async def CreateApiKey(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def CreateApiKey(
+        self, request: auth_pb2.CreateApiKeyRequest, context: Context
+    ) -> auth_pb2.ApiKey:
         principal = current_principal()
         role, mode = conv.role_name(request.role), conv.result_mode_name(request.result_mode)
         _check_grant(principal, role, mode)
@@ -173,7 +188,9 @@ class AdminServicer(auth_pb2_grpc.AdminServicer):
 
         return await self.app.db(work)
 
-    async def ListApiKeys(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListApiKeys(
+        self, request: auth_pb2.ListApiKeysRequest, context: Context
+    ) -> auth_pb2.ListApiKeysResponse:
         principal = current_principal()
 
         def work(session: Session) -> auth_pb2.ListApiKeysResponse:
@@ -183,16 +200,19 @@ class AdminServicer(auth_pb2_grpc.AdminServicer):
 
         return await self.app.db(work)
 
-    async def RevokeApiKey(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        principal = current_principal()
-        scope = None if principal.role == "ADMIN" else principal.acting_company_id
+    async def RevokeApiKey(
+        self, request: auth_pb2.RevokeApiKeyRequest, context: Context
+    ) -> auth_pb2.ApiKey:
+        scope = _scope(current_principal())
         key = await self.app.db(
             lambda s: credentials.revoke_api_key(request.api_key_id, company_id=scope, session=s)
         )
         self.security.authenticator.forget()
         return conv.key_message(key)
 
-    async def ListAuditEvents(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListAuditEvents(
+        self, request: auth_pb2.ListAuditEventsRequest, context: Context
+    ) -> auth_pb2.ListAuditEventsResponse:
         principal = current_principal()
         size = page_size(request.page_size)
 
@@ -208,38 +228,36 @@ class AdminServicer(auth_pb2_grpc.AdminServicer):
         return await self.app.db(work)
 
 
+OPERATOR_DECISIONS = {
+    folders_pb2.RESOLUTION_SUCCESS: Resolution.SUCCESS,
+    folders_pb2.RESOLUTION_DECLINED: Resolution.DECLINED,
+}
+
+
 class OperatorsServicer(auth_pb2_grpc.OperatorsServicer):
     def __init__(self, security: Security) -> None:
         self.app = security.app
 
-    async def ResolveAnalysis(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ResolveAnalysis(
+        self, request: auth_pb2.ResolveAnalysisRequest, context: Context
+    ) -> folders_pb2.Analysis:
         principal = current_principal()
-        if request.resolution not in (
-            folders_pb2.RESOLUTION_SUCCESS,
-            folders_pb2.RESOLUTION_DECLINED,
-        ):
+        decision = OPERATOR_DECISIONS.get(request.resolution)
+        if decision is None:
             raise InvalidArgument(
                 "an operator resolves to RESOLUTION_SUCCESS or RESOLUTION_DECLINED"
             )
-        decision = folders_pb2.Resolution.Name(request.resolution).removeprefix("RESOLUTION_")
-
-        def work(session: Session) -> folders_pb2.Analysis:
-            row = analyses.get_analysis(
-                request.analysis_id, company_id=principal.acting_company_id, session=session
+        row = await self.app.db(
+            lambda s: analyses.resolve_by_operator(
+                request.analysis_id,
+                decision,
+                request.comment,
+                actor=principal.actor,
+                company_id=principal.acting_company_id,
+                session=s,
             )
-            if row.state != "FINISHED" or row.resolution != "OPERATOR_REQUIRED":
-                raise FailedPrecondition(
-                    f"analysis {row.id} is {row.state}/{row.resolution}, not awaiting an operator"
-                )
-            row.resolution = decision
-            row.decided_by, row.decided_at = principal.actor, utcnow()
-            row.decision_comment = request.comment[:2000]
-            session.add(row)
-            session.flush()
-            analyses.refresh_folder_resolution(row.folder_id, session=session)
-            return analysis_message(row)
-
-        return await self.app.db(work)
+        )
+        return analysis_message(row)
 
 
 class VerdictsServicer(auth_pb2_grpc.VerdictsServicer):
@@ -247,35 +265,29 @@ class VerdictsServicer(auth_pb2_grpc.VerdictsServicer):
         self.security = security
         self.app = security.app
 
-    async def GetVerdict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetVerdict(
+        self, request: auth_pb2.GetVerdictRequest, context: Context
+    ) -> auth_pb2.SignedVerdict:
         company = acting_company()
-
-        def claims(session: Session) -> dict[str, Any]:
-            folder = folders.get_folder(request.folder_id, company_id=company, session=session)
-            resolution = folder.resolution
-            if request.analysis_id:
-                row = analyses.get_analysis(
-                    request.analysis_id, company_id=company, session=session
-                )
-                if row.folder_id != folder.id:
-                    raise not_found("analysis", request.analysis_id)
-                resolution = None if row.state == "PROCESSING" else row.resolution
-            if resolution in (None, "PROCESSING"):
-                raise FailedPrecondition("the verdict is not final yet")
-            return {
-                "company": company,
-                "folder": folder.id,
-                "analysis": request.analysis_id or None,
-                "resolution": resolution,
-                "transaction_id": folder.meta.get("transaction_id"),
-            }
-
-        body = await self.app.db(claims)
+        folder, resolution = await self.app.db(
+            lambda s: analyses.final_resolution(
+                request.folder_id, request.analysis_id or None, company_id=company, session=s
+            )
+        )
+        claims = {
+            "company": company,
+            "folder": folder.id,
+            "analysis": request.analysis_id or None,
+            "resolution": resolution,
+            "transaction_id": folder.meta.get("transaction_id"),
+        }
         ttl = timedelta(seconds=self.security.settings.verdict_ttl_s)
-        token, expires = self.security.signer.sign(body, ttl, "verdict")
+        token, expires = self.security.signer.sign(claims, ttl, "verdict")
         return auth_pb2.SignedVerdict(
             token=token, expires_at=timestamp(expires), key_id=self.security.signer.key_id
         )
 
-    async def GetPublicKeys(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetPublicKeys(
+        self, request: auth_pb2.GetPublicKeysRequest, context: Context
+    ) -> auth_pb2.PublicKeys:
         return auth_pb2.PublicKeys(jwks_json=self.security.signer.jwks_json())

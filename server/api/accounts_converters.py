@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vigil.inference.errors import InvalidArgument
-from vigil.server.api.folders_converters import timestamp
+from vigil.server.api.converters import timestamp
 from vigil.storage.tables import ApiKey, AuditEvent, Company, User
 from vigil.v1 import auth_pb2
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 from sqlmodel import Session
 
@@ -11,12 +10,14 @@ from vigil.inference.errors import InvalidArgument
 from vigil.inference.types import Subject
 from vigil.server.api import collections_converters as cc
 from vigil.server.api import converters as conv
+from vigil.server.api.converters import Context
 from vigil.server.context import AppContext
 from vigil.server.security.principal import acting_company
 from vigil.storage import collections as repo
 from vigil.storage import folders
 from vigil.storage.common import page_size
 from vigil.storage.face_index import FaceIndex
+from vigil.storage.results import FaceRecord
 from vigil.v1 import collections_pb2, collections_pb2_grpc, common_pb2
 
 _MODEL = (DLIB_RESNET.name, DLIB_RESNET.version)
@@ -25,12 +26,10 @@ _MODEL = (DLIB_RESNET.name, DLIB_RESNET.version)
 class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
     def __init__(self, app: AppContext) -> None:
         self.app = app
-        if app.face_index is None:
-            app.face_index = FaceIndex(threshold=app.settings.search_threshold)
         self.index: FaceIndex = app.face_index
 
     async def CreateCollection(
-        self, request: collections_pb2.CreateCollectionRequest, context: grpc.aio.ServicerContext
+        self, request: collections_pb2.CreateCollectionRequest, context: Context
     ) -> collections_pb2.Collection:
         company_id = acting_company()
         name, meta = request.name, dict(request.meta)
@@ -40,7 +39,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
         return cc.collection_message(created)
 
     async def ListCollections(
-        self, request: collections_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext
+        self, request: collections_pb2.ListCollectionsRequest, context: Context
     ) -> collections_pb2.ListCollectionsResponse:
         company_id = acting_company()
         rows = await self.app.db(lambda s: repo.list_collections(company_id=company_id, session=s))
@@ -49,7 +48,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
         )
 
     async def DeleteCollection(
-        self, request: collections_pb2.DeleteCollectionRequest, context: grpc.aio.ServicerContext
+        self, request: collections_pb2.DeleteCollectionRequest, context: Context
     ) -> collections_pb2.DeleteCollectionResponse:
         company_id = acting_company()
         name = cc.require_collection(request.name)
@@ -65,7 +64,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
         return collections_pb2.DeleteCollectionResponse(faces_deleted=deleted)
 
     async def AddFace(
-        self, request: collections_pb2.AddFaceRequest, context: grpc.aio.ServicerContext
+        self, request: collections_pb2.AddFaceRequest, context: Context
     ) -> collections_pb2.CollectionFace:
         company_id = acting_company()
         name = cc.require_collection(request.collection)
@@ -95,15 +94,15 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
             person_label=request.person_label,
             meta=dict(request.meta),
             source_media_id=media_id,
-            face=cc.face_json(subject.face) if subject is not None else None,
+            face=FaceRecord.of(subject.face) if subject is not None else None,
         )
         _, face = await self.app.db(
             lambda s: repo.add_face(name, new, company_id=company_id, session=s)
         )
-        return cc.face_message(face, name)
+        return cc.collection_face_message(face, name)
 
     async def RemoveFace(
-        self, request: collections_pb2.RemoveFaceRequest, context: grpc.aio.ServicerContext
+        self, request: collections_pb2.RemoveFaceRequest, context: Context
     ) -> collections_pb2.RemoveFaceResponse:
         company_id = acting_company()
         name = cc.require_collection(request.collection)
@@ -116,7 +115,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
         return collections_pb2.RemoveFaceResponse()
 
     async def ListFaces(
-        self, request: collections_pb2.ListFacesRequest, context: grpc.aio.ServicerContext
+        self, request: collections_pb2.ListFacesRequest, context: Context
     ) -> collections_pb2.ListFacesResponse:
         company_id = acting_company()
         name = cc.require_collection(request.collection)
@@ -126,16 +125,19 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
             lambda s: repo.list_faces(name, size, token, company_id=company_id, session=s)
         )
         return collections_pb2.ListFacesResponse(
-            faces=[cc.face_message(face, name) for face in faces], next_page_token=next_token
+            faces=[cc.collection_face_message(face, name) for face in faces],
+            next_page_token=next_token,
         )
 
     async def Search(
-        self, request: collections_pb2.SearchRequest, context: grpc.aio.ServicerContext
+        self, request: collections_pb2.SearchRequest, context: Context
     ) -> collections_pb2.SearchResponse:
         company_id = acting_company()
         name = cc.require_collection(request.collection)
         top_k = cc.top_k_of(request.top_k)
-        threshold = cc.threshold_of(request.threshold, self.app.settings.search_threshold)
+        threshold = cc.threshold_of(
+            request.threshold, self.app.engine.config.thresholds.search_distance
+        )
         query = request.WhichOneof("query")
         subject: Subject | None = None
         if query == "template":
@@ -154,7 +156,6 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
                 embedding,
                 top_k,
                 session=session,
-                threshold=threshold,
                 model=model,
             )
             rows = repo.faces_by_id(

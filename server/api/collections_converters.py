@@ -3,37 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
+from vigil.inference.decisions import is_match, similarity
 from vigil.inference.errors import InvalidArgument
-from vigil.inference.types import Face
-from vigil.server.api.folders_converters import timestamp
+from vigil.server.api.converters import face_message, timestamp
 from vigil.storage.face_index import SearchHit as IndexHit
+from vigil.storage.results import face_record
 from vigil.storage.tables import Collection, CollectionFace
-from vigil.v1 import collections_pb2, common_pb2
+from vigil.v1 import collections_pb2
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
-
-
-def face_json(face: Face) -> dict[str, Any]:
-    """What is stored of a detected face (CollectionFace.face)."""
-    return {
-        "box": [float(v) for v in face.box],
-        "landmarks": [[float(x), float(y)] for x, y in face.landmarks],
-        "score": float(face.score),
-    }
-
-
-def face_from_json(data: dict[str, Any]) -> common_pb2.Face | None:
-    if not data:
-        return None
-    x, y, w, h = data["box"]
-    return common_pb2.Face(
-        box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
-        landmarks=[common_pb2.Point(x=px, y=py) for px, py in data.get("landmarks", [])],
-        detection_score=data.get("score", 0.0),
-    )
 
 
 def collection_message(collection: Collection) -> collections_pb2.Collection:
@@ -48,7 +28,9 @@ def collection_message(collection: Collection) -> collections_pb2.Collection:
     )
 
 
-def face_message(face: CollectionFace, collection_name: str) -> collections_pb2.CollectionFace:
+def collection_face_message(
+    face: CollectionFace, collection_name: str
+) -> collections_pb2.CollectionFace:
     return collections_pb2.CollectionFace(
         id=face.id,
         collection=collection_name,
@@ -58,7 +40,7 @@ def face_message(face: CollectionFace, collection_name: str) -> collections_pb2.
         model=face.model_name,
         model_version=face.model_version,
         created_at=timestamp(face.created_at),
-        face=face_from_json(face.face),
+        face=face_message(stored) if (stored := face_record(face.face)) is not None else None,
     )
 
 
@@ -66,10 +48,10 @@ def search_hit(
     hit: IndexHit, face: CollectionFace, collection_name: str, threshold: float
 ) -> collections_pb2.SearchHit:
     return collections_pb2.SearchHit(
-        face=face_message(face, collection_name),
+        face=collection_face_message(face, collection_name),
         distance=hit.distance,
-        similarity=hit.similarity,
-        match=hit.distance < threshold,
+        similarity=similarity(hit.distance, threshold),
+        match=is_match(hit.distance, threshold),
     )
 
 

@@ -1,17 +1,24 @@
-"""Conversions between protobuf messages and the engine's plain types; request validation."""
+"""Conversions shared by every servicer: faces, timings, images, times; request validation."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
 
 import grpc
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from vigil.inference.catalog import ModelSpec
 from vigil.inference.errors import InvalidArgument
 from vigil.inference.media import DecodedImage
 from vigil.inference.types import Face, Subject, Timings
+from vigil.storage.results import FaceRecord
 from vigil.v1 import common_pb2, instant_pb2
+
+#: The servicer context of a call (the handler's own signature names its request and response).
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def require_media(media: common_pb2.Media, field: str) -> bytes:
@@ -31,7 +38,7 @@ def require_single(policy: int) -> bool:
     return policy == common_pb2.SUBJECT_POLICY_REQUIRE_SINGLE
 
 
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+def deadline_of(context: Context) -> float | None:
     """The call's deadline on ``time.monotonic``'s clock, or None when the caller set none."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -45,13 +52,30 @@ def model_ref(spec: ModelSpec) -> common_pb2.ModelRef:
     return common_pb2.ModelRef(name=spec.name, version=spec.version, sha256=spec.sha256)
 
 
-def face_message(face: Face) -> common_pb2.Face:
-    x, y, w, h = face.box
+def face_message(face: FaceRecord | Face) -> common_pb2.Face:
+    """The one face converter: a stored face record, or the engine's face as one."""
+    record = face if isinstance(face, FaceRecord) else FaceRecord.of(face)
+    x, y, w, h = record.box
     return common_pb2.Face(
         box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
-        landmarks=[common_pb2.Point(x=float(px), y=float(py)) for px, py in face.landmarks],
-        detection_score=face.score,
+        landmarks=[common_pb2.Point(x=px, y=py) for px, py in record.landmarks],
+        detection_score=record.score,
     )
+
+
+def stamp(moment: datetime) -> Timestamp:
+    """A stored time (aware or naive UTC) as a protobuf Timestamp."""
+    value = Timestamp()
+    value.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    return value
+
+
+def timestamp(moment: datetime | None) -> Timestamp | None:
+    return None if moment is None else stamp(moment)
+
+
+def moment(stamp: Timestamp, present: bool) -> datetime | None:
+    return stamp.ToDatetime(tzinfo=UTC) if present else None
 
 
 def timings_message(timings: Timings) -> common_pb2.Timings:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+
+from sqlmodel import Session
 
 from vigil.server.api import folders_converters as conv
 from vigil.server.context import AppContext
 from vigil.storage import analyses, folders
+from vigil.storage.results import FINAL_STATES
 from vigil.storage.tables import Analysis
 from vigil.v1 import folders_pb2
 
@@ -16,7 +18,7 @@ from vigil.v1 import folders_pb2
 WATCH_POLL_S = 0.2
 
 
-def folder_details(folder_id: str, company: str, session: Any) -> folders_pb2.Folder:
+def folder_details(folder_id: str, company: str, session: Session) -> folders_pb2.Folder:
     folder = folders.get_folder(folder_id, company_id=company, session=session)
     media = folders.folder_media(folder.id, company_id=company, session=session)
     rows = analyses.folder_analyses(folder.id, company_id=company, session=session)
@@ -28,7 +30,7 @@ async def watch(
 ) -> AsyncIterator[folders_pb2.FolderEvent]:
     """Events for each analysis state change until all are final (polls the shared database)."""
 
-    def snapshot(session: Any) -> tuple[str | None, list[Analysis]]:
+    def snapshot(session: Session) -> tuple[str | None, list[Analysis]]:
         folder = folders.get_folder(folder_id, company_id=company, session=session)
         return folder.resolution, analyses.folder_analyses(
             folder_id, company_id=company, session=session
@@ -38,7 +40,7 @@ async def watch(
     while True:
         resolution, rows = await app.db(snapshot)
         changed = [a for a in rows if seen.get(a.id) != (a.state, a.resolution)]
-        final = all(a.state in analyses.FINAL_STATES for a in rows)
+        final = all(a.state in FINAL_STATES for a in rows)
         folder_resolution = conv.resolution_value(resolution)
         if not rows:
             yield folders_pb2.FolderEvent(folder_resolution=folder_resolution, final=True)

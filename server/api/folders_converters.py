@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from vigil.inference.errors import InvalidArgument
-from vigil.server.api.video_result_fields import video_result_fields
+from vigil.server.api.converters import face_message, timestamp
+from vigil.server.api.video_converters import (
+    frame_record_message,
+    signal_record_message,
+    video_facts_message,
+)
+from vigil.storage import analyses
+from vigil.storage.analyses import NewAnalysis
+from vigil.storage.results import AnalysisState, AnalysisType, MediaResult, Resolution
 from vigil.storage.tables import Analysis, Folder, Media
 from vigil.v1 import common_pb2, folders_pb2
-
-ANALYSIS_TYPES = ("LIVENESS", "BIOMETRY", "BLACKLIST", "BEST_SHOT")
-
-
-def timestamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-    return stamp
-
-
-def moment(stamp: Timestamp, present: bool) -> datetime | None:
-    return stamp.ToDatetime(tzinfo=UTC) if present else None
 
 
 def enum_name(enum: Any, prefix: str, value: int, field: str) -> str:
@@ -36,14 +28,27 @@ def enum_name(enum: Any, prefix: str, value: int, field: str) -> str:
     return str(enum.Name(value)).removeprefix(prefix)
 
 
+# ---- the mirrored enums (vigil.storage.results ↔ vigil.v1) -------------------------------------
+
+
 def resolution_value(name: str | None) -> folders_pb2.Resolution.ValueType:
     if not name:
         return folders_pb2.RESOLUTION_UNSPECIFIED
-    return folders_pb2.Resolution.Value(f"RESOLUTION_{name}")
+    return folders_pb2.Resolution.Value(f"RESOLUTION_{Resolution(name)}")
 
 
-def analysis_requests(requests: Any) -> list[dict[str, Any]]:
-    """Validate AnalysisRequest messages into ``{"type", "params"}`` dicts for the repository."""
+def analysis_type_value(name: str) -> folders_pb2.AnalysisType.ValueType:
+    return folders_pb2.AnalysisType.Value(f"ANALYSIS_TYPE_{AnalysisType(name)}")
+
+
+def analysis_state_value(name: str) -> folders_pb2.AnalysisState.ValueType:
+    return folders_pb2.AnalysisState.Value(f"ANALYSIS_STATE_{AnalysisState(name)}")
+
+
+def analysis_requests(
+    requests: Sequence[folders_pb2.AnalysisRequest],
+) -> list[NewAnalysis]:
+    """Validate AnalysisRequest messages into analyses to queue."""
     if not requests:
         raise InvalidArgument("analyses is empty: ask for at least one analysis")
     parsed = []
@@ -52,11 +57,9 @@ def analysis_requests(requests: Any) -> list[dict[str, Any]]:
             folders_pb2.AnalysisType, "ANALYSIS_TYPE_", request.type, f"analyses[{index}].type"
         )
         if kind == "UNSPECIFIED":
-            raise InvalidArgument(
-                f"analyses[{index}].type is required ({', '.join(ANALYSIS_TYPES)})"
-            )
+            raise InvalidArgument(f"analyses[{index}].type is required ({', '.join(AnalysisType)})")
         params: dict[str, Any] = {}
-        if kind == "BLACKLIST":
+        if kind == AnalysisType.BLACKLIST:
             if not request.collection:
                 raise InvalidArgument(f"analyses[{index}]: BLACKLIST needs a collection")
             params["collection"] = request.collection
@@ -66,7 +69,7 @@ def analysis_requests(requests: Any) -> list[dict[str, Any]]:
             raise InvalidArgument(f"analyses[{index}].threshold must not be negative")
         if request.threshold:
             params["threshold"] = float(request.threshold)
-        parsed.append({"type": kind, "params": params})
+        parsed.append(NewAnalysis(AnalysisType(kind), params))
     return parsed
 
 
@@ -86,52 +89,44 @@ def media_info(media: Media) -> folders_pb2.MediaInfo:
     )
 
 
-def _face(data: dict[str, Any]) -> common_pb2.Face | None:
-    if not data:
-        return None
-    x, y, w, h = data["box"]
-    return common_pb2.Face(
-        box=common_pb2.BoundingBox(x=x, y=y, width=w, height=h),
-        landmarks=[common_pb2.Point(x=px, y=py) for px, py in data.get("landmarks", [])],
-        detection_score=data.get("score", 0.0),
-    )
-
-
-def media_result(data: dict[str, Any]) -> folders_pb2.MediaResult:
+def media_result(result: MediaResult) -> folders_pb2.MediaResult:
     return folders_pb2.MediaResult(
-        media_id=data.get("media_id", ""),
-        other_media_id=data.get("other_media_id", ""),
-        resolution=resolution_value(data.get("resolution")),
-        score=data.get("score", 0.0),
-        distance=data.get("distance", 0.0),
-        face=_face(data.get("face", {})),
-        face_count=data.get("face_count", 0),
-        matches=[folders_pb2.CollectionMatch(**match) for match in data.get("matches", [])],
-        output_media_id=data.get("output_media_id", ""),
-        error=data.get("error", ""),
-        **video_result_fields(data),
+        media_id=result.media_id,
+        other_media_id=result.other_media_id,
+        resolution=resolution_value(result.resolution),
+        score=result.score,
+        distance=result.distance,
+        face=face_message(result.face) if result.face is not None else None,
+        face_count=result.face_count,
+        matches=[folders_pb2.CollectionMatch(**match.model_dump()) for match in result.matches],
+        output_media_id=result.output_media_id,
+        error=result.error,
+        video=video_facts_message(result.video) if result.video is not None else None,
+        aggregation=result.aggregation,
+        signals=[signal_record_message(s) for s in result.signals],
+        frames=[frame_record_message(f) for f in result.frames],
     )
 
 
 def analysis_message(analysis: Analysis) -> folders_pb2.Analysis:
+    stored = analyses.stored_result(analysis)
+    processing = analysis.state == AnalysisState.PROCESSING
     return folders_pb2.Analysis(
         id=analysis.id,
         folder_id=analysis.folder_id,
-        type=folders_pb2.AnalysisType.Value(f"ANALYSIS_TYPE_{analysis.type}"),
-        state=folders_pb2.AnalysisState.Value(f"ANALYSIS_STATE_{analysis.state}"),
-        resolution=resolution_value(
-            "PROCESSING" if analysis.state == "PROCESSING" else analysis.resolution
-        ),
-        results=[media_result(r) for r in analysis.results],
-        thresholds=analysis.thresholds,
-        models=[common_pb2.ModelRef(**m) for m in analysis.models],
-        error=analysis.error,
+        type=analysis_type_value(analysis.type),
+        state=analysis_state_value(analysis.state),
+        resolution=resolution_value(Resolution.PROCESSING if processing else analysis.resolution),
+        results=[media_result(r) for r in stored.results],
+        thresholds=stored.thresholds,
+        models=[common_pb2.ModelRef(**m.model_dump()) for m in stored.models],
+        error=stored.error,
         attempts=analysis.attempts,
         collection=analysis.params.get("collection", ""),
         created_at=timestamp(analysis.created_at),
         finished_at=timestamp(analysis.finished_at),
         processing_ms=analysis.processing_ms,
-        decisive=media_result(analysis.decisive) if analysis.decisive else None,
+        decisive=media_result(stored.decisive) if stored.decisive is not None else None,
     )
 
 
@@ -147,12 +142,3 @@ def folder_message(
         media=[media_info(m) for m in media or []],
         analyses=[analysis_message(a) for a in analyses or []],
     )
-
-
-def face_json(face: Any) -> dict[str, Any]:
-    """An engine ``Face`` as JSON for the results column."""
-    return {
-        "box": [float(v) for v in face.box],
-        "landmarks": [[float(x), float(y)] for x, y in face.landmarks],
-        "score": float(face.score),
-    }

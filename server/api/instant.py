@@ -6,15 +6,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-import grpc
 import numpy as np
 
 from vigil.inference.catalog import DEFAULT_MODELS, DLIB_RESNET, YUNET
+from vigil.inference.decisions import is_live
 from vigil.inference.engine import LIVENESS_MODELS, Engine
 from vigil.inference.errors import InvalidArgument, VigilError
 from vigil.inference.types import Subject, Timings
 from vigil.server import __version__
 from vigil.server.api import converters as conv
+from vigil.server.api.converters import Context
 from vigil.server.api.stream_liveness import stream_liveness
 from vigil.server.api.video_converters import video_liveness_response
 from vigil.server.settings import Settings
@@ -29,11 +30,12 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
         self.video = video_liveness(engine, settings)
 
     async def Detect(
-        self, request: instant_pb2.DetectRequest, context: grpc.aio.ServicerContext
+        self,
+        request: instant_pb2.DetectRequest,
+        context: Context,
     ) -> instant_pb2.DetectResponse:
         data = conv.require_media(request.image, "image")
-        async with self.engine.admission():
-            image, faces, timings = await self.engine.detect(data, conv.deadline_of(context))
+        image, faces, timings = await self.engine.detect(data, conv.deadline_of(context))
         return instant_pb2.DetectResponse(
             faces=[conv.face_message(f) for f in faces],
             image=conv.image_info_of(image),
@@ -42,21 +44,21 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
         )
 
     async def CheckLiveness(
-        self, request: instant_pb2.LivenessRequest, context: grpc.aio.ServicerContext
+        self,
+        request: instant_pb2.LivenessRequest,
+        context: Context,
     ) -> instant_pb2.LivenessResponse:
         single = conv.require_single(request.subject_policy)
         data = conv.require_media(request.image, "image")
+        deadline = conv.deadline_of(context)
         if is_video(data):
             capture = capture_of(request.capture)
-            deadline = conv.deadline_of(context)
-            async with self.engine.admission(self.video.config.sampling.count):  # its frames
-                video = await self.video.analyze(data, capture, None, single, deadline)
+            video = await self.video.analyze(data, capture, None, single, deadline)
             return video_liveness_response(video)
-        async with self.engine.admission():
-            subject, verdict = await self.engine.liveness(data, single, conv.deadline_of(context))
-        threshold = self.engine.config.liveness_threshold
+        subject, verdict = await self.engine.liveness(data, single, deadline)
+        threshold = self.engine.config.thresholds.liveness
         return instant_pb2.LivenessResponse(
-            live=verdict.score >= threshold,
+            live=is_live(verdict.score, threshold),
             score=verdict.score,
             threshold=threshold,
             face=conv.face_message(subject.face),
@@ -75,19 +77,20 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
     async def StreamLiveness(
         self,
         requests: AsyncIterator[video_pb2.StreamLivenessRequest],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[video_pb2.StreamLivenessUpdate]:
         config = stream_config(self.settings)
-        async for update in stream_liveness(self.video, config, requests, context):
+        async for update in stream_liveness(self.video, config, requests):
             yield update
 
     async def ExtractTemplate(
-        self, request: instant_pb2.TemplateRequest, context: grpc.aio.ServicerContext
+        self,
+        request: instant_pb2.TemplateRequest,
+        context: Context,
     ) -> instant_pb2.TemplateResponse:
         single = conv.require_single(request.subject_policy)
         data = conv.require_media(request.image, "image")
-        async with self.engine.admission():
-            result = await self.engine.embed(data, single, conv.deadline_of(context))
+        result = await self.engine.embed(data, single, conv.deadline_of(context))
         subject = result.subject
         return instant_pb2.TemplateResponse(
             template=common_pb2.Template(
@@ -114,16 +117,16 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
         if source == "image":
             data = conv.require_media(side.image, f"{name}.image")
             try:
-                async with self.engine.admission():
-                    result = await self.engine.embed(data, single, deadline)
-            except VigilError as exc:
-                exc.message = f"{name}.image: {exc.message}"  # say which side failed
-                raise
+                result = await self.engine.embed(data, single, deadline)
+            except VigilError as exc:  # say which side failed, keeping the error's kind
+                raise exc.with_message(f"{name}.image: {exc.message}") from exc
             return result.embedding, result.subject
         raise InvalidArgument(f"{name} is required: set {name}.image or {name}.template")
 
     async def Verify(
-        self, request: instant_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: instant_pb2.VerifyRequest,
+        context: Context,
     ) -> instant_pb2.VerifyResponse:
         started = time.perf_counter()
         single = conv.require_single(request.subject_policy)
@@ -142,7 +145,7 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
             match=match,
             similarity=similarity,
             distance=distance,
-            distance_threshold=self.engine.config.match_distance_threshold,
+            distance_threshold=self.engine.config.thresholds.match_distance,
             similarity_threshold=0.5,
             metric="euclidean",
             a=conv.verify_side(subj_a),
@@ -153,7 +156,9 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
         )
 
     async def GetServerInfo(
-        self, request: instant_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
+        self,
+        request: instant_pb2.GetServerInfoRequest,
+        context: Context,
     ) -> instant_pb2.ServerInfo:
         config = self.engine.config
         return instant_pb2.ServerInfo(
@@ -169,8 +174,8 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
                 )
                 for spec in DEFAULT_MODELS
             ],
-            liveness_threshold=config.liveness_threshold,
-            match_distance_threshold=config.match_distance_threshold,
+            liveness_threshold=config.thresholds.liveness,
+            match_distance_threshold=config.thresholds.match_distance,
             max_image_bytes=config.image_limits.max_bytes,
             max_image_pixels=config.image_limits.max_pixels,
         )

@@ -10,7 +10,6 @@ deleted, so an interrupted upload leaves no row and no file.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
 from vigil.inference.errors import InvalidArgument, InvalidMedia, MediaTooLarge, UnsupportedMedia
 from vigil.inference.media import probe, sniff_kind, unsupported_name
@@ -18,6 +17,7 @@ from vigil.server.context import AppContext
 from vigil.storage import folders
 from vigil.storage.common import validate_meta
 from vigil.storage.tables import Media
+from vigil.v1 import folders_pb2
 
 MAX_TAGS = 16
 
@@ -51,7 +51,11 @@ def _sniffed(head: bytes) -> tuple[str, str]:
 
 
 async def stage_media(
-    app: AppContext, company: str, folder_id: str, header: Any, chunks: AsyncIterator[bytes]
+    app: AppContext,
+    company: str,
+    folder_id: str,
+    header: folders_pb2.UploadMediaHeader,
+    chunks: AsyncIterator[bytes],
 ) -> Media:
     """Receive one media's bytes into a committed blob; returns its (unsaved) row."""
     tags = validate_tags(header.tags)
@@ -97,7 +101,10 @@ async def discard_blobs(app: AppContext, keys: set[str]) -> None:
 
 
 async def receive_media(
-    app: AppContext, company: str, header: Any, chunks: AsyncIterator[bytes]
+    app: AppContext,
+    company: str,
+    header: folders_pb2.UploadMediaHeader,
+    chunks: AsyncIterator[bytes],
 ) -> Media:
     """UploadMedia: stage the bytes, then record the row; nothing is left if either fails."""
     media = await stage_media(app, company, header.folder_id, header, chunks)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import cv2
 import numpy as np
@@ -118,7 +117,6 @@ async def stream_liveness(
     video: VideoLiveness,
     config: StreamConfig,
     requests: AsyncIterator[video_pb2.StreamLivenessRequest],
-    context: Any,
 ) -> AsyncIterator[video_pb2.StreamLivenessUpdate]:
     session = StreamSession(video, config)
     inbox = LatestFrame()
@@ -137,7 +135,7 @@ async def stream_liveness(
                         reason = session.decision() or "time limit reached"
                     break
                 index, frame = item
-                image = await video.engine._in_thread(decode_frame, frame, limits)
+                image = await video.engine.in_thread(decode_frame, frame, limits)
                 result = await session.add(image, index, frame.capture_time_ms)
                 if single[0] and result.face_count > 1:
                     raise MultipleFaces(f"{result.face_count} faces in frame {index}")

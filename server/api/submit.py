@@ -8,7 +8,8 @@ part leaves nothing behind. The reply waits until every analysis is final.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+
+from sqlmodel import Session
 
 from vigil.inference.errors import InvalidArgument
 from vigil.server.api import folders_converters as conv
@@ -25,11 +26,11 @@ MAX_SUBMIT_MEDIA = 16
 class _Parts:
     """The request stream with one message of lookahead."""
 
-    def __init__(self, stream: AsyncIterator[Any]) -> None:
+    def __init__(self, stream: AsyncIterator[folders_pb2.SubmitRequest]) -> None:
         self._stream = aiter(stream)
-        self.next: Any = None
+        self.next: folders_pb2.SubmitRequest | None = None
 
-    async def advance(self) -> Any:
+    async def advance(self) -> folders_pb2.SubmitRequest | None:
         self.next = await anext(self._stream, None)
         return self.next
 
@@ -41,7 +42,9 @@ class _Parts:
             yield message.chunk
 
 
-async def submit(app: AppContext, company: str, stream: AsyncIterator[Any]) -> folders_pb2.Folder:
+async def submit(
+    app: AppContext, company: str, stream: AsyncIterator[folders_pb2.SubmitRequest]
+) -> folders_pb2.Folder:
     parts = _Parts(stream)
     first = await parts.advance()
     if first is None or first.WhichOneof("part") != "header":
@@ -62,7 +65,7 @@ async def submit(app: AppContext, company: str, stream: AsyncIterator[Any]) -> f
         if not staged:
             raise InvalidArgument("Submit carried no media")
 
-        def write(session: Any) -> None:
+        def write(session: Session) -> None:
             folder = folders.create_folder(
                 meta, company_id=company, session=session, folder_id=folder_id
             )

@@ -1,14 +1,17 @@
-"""Conversions of video verdicts, frames, signals and stream updates to protobuf messages."""
+"""Video verdicts, frames, signals and stream updates → protobuf messages.
+
+Frames, signals and a video's facts go through their typed records (``vigil.server.records``),
+the same ones a persistent analysis stores, so each has one converter to protobuf here.
+"""
 
 from __future__ import annotations
 
 from vigil.inference.engine import LIVENESS_MODELS
-from vigil.inference.face_quality import FaceQuality
-from vigil.inference.video.decode import VideoInfo
-from vigil.inference.video.signals import Signal
 from vigil.inference.video.stream import Outcome, StreamResult, StreamSession
 from vigil.inference.video.types import BestShot, FrameResult, VideoVerdict
 from vigil.server.api import converters as conv
+from vigil.server.records import frame_record, signal_record, video_facts
+from vigil.storage.results import FrameRecord, QualityRecord, SignalRecord, VideoFacts
 from vigil.v1 import instant_pb2, video_pb2
 
 OUTCOMES = {
@@ -21,39 +24,35 @@ OUTCOMES = {
 }
 
 
-def quality_message(quality: FaceQuality | None) -> video_pb2.FaceQuality | None:
+def quality_message(quality: QualityRecord | None) -> video_pb2.FaceQuality | None:
     if quality is None:
         return None
-    return video_pb2.FaceQuality(
-        value=quality.value,
-        size=quality.size,
-        sharpness=quality.sharpness,
-        pose=quality.pose,
-        exposure=quality.exposure,
-    )
+    return video_pb2.FaceQuality(**quality.model_dump())
 
 
-def frame_message(frame: FrameResult) -> video_pb2.FrameLiveness:
+def frame_record_message(frame: FrameRecord) -> video_pb2.FrameLiveness:
     return video_pb2.FrameLiveness(
         index=frame.index,
-        time_ms=frame.time_s * 1000.0,
+        time_ms=frame.time_ms,
         face_count=frame.face_count,
         face=conv.face_message(frame.face) if frame.face is not None else None,
-        score=frame.score or 0.0,
+        score=frame.score,
         quality=quality_message(frame.quality),
-        identity_distance=frame.identity_distance or 0.0,
+        identity_distance=frame.identity_distance,
         is_subject=frame.is_subject,
     )
 
 
-def signal_message(signal: Signal) -> video_pb2.LivenessSignal:
-    return video_pb2.LivenessSignal(
-        name=signal.name,
-        triggered=signal.triggered,
-        declines=signal.declines,
-        value=signal.value,
-        detail=signal.detail,
-    )
+def signal_record_message(signal: SignalRecord) -> video_pb2.LivenessSignal:
+    return video_pb2.LivenessSignal(**signal.model_dump())
+
+
+def video_facts_message(facts: VideoFacts) -> video_pb2.VideoInfo:
+    return video_pb2.VideoInfo(**facts.model_dump())
+
+
+def frame_message(frame: FrameResult) -> video_pb2.FrameLiveness:
+    return frame_record_message(frame_record(frame))
 
 
 def best_shot_message(best: BestShot | None) -> video_pb2.BestShot | None:
@@ -67,22 +66,6 @@ def best_shot_message(best: BestShot | None) -> video_pb2.BestShot | None:
         quality=best.quality,
         width=best.width,
         height=best.height,
-    )
-
-
-def video_info_message(info: VideoInfo, sampled: int) -> video_pb2.VideoInfo:
-    return video_pb2.VideoInfo(
-        content_type=info.content_type,
-        codec=info.codec,
-        width=info.width,
-        height=info.height,
-        rotation=info.rotation,
-        duration_s=info.duration_s,
-        fps=info.fps,
-        decoded_frames=info.decoded_frames,
-        sampled_frames=sampled,
-        size_bytes=info.size_bytes,
-        sha256=info.sha256,
     )
 
 
@@ -110,9 +93,9 @@ def video_liveness_response(verdict: VideoVerdict) -> instant_pb2.LivenessRespon
         ],
         image=conv.image_info(info.content_type, info.width, info.height),
         timings=conv.timings_message(verdict.timings),
-        video=video_info_message(info, len(verdict.frames)),
+        video=video_facts_message(video_facts(info, len(verdict.frames))),
         best_shot=best_shot_message(best),
-        signals=[signal_message(s) for s in verdict.signals],
+        signals=[signal_record_message(signal_record(s)) for s in verdict.signals],
         aggregation=verdict.aggregation,
         frames=[frame_message(f) for f in verdict.frames],
     )
@@ -137,7 +120,9 @@ def stream_update(
     if result is not None:
         update.frames.extend(frame_message(f) for f in session.frames)
         if result.verdict is not None:
-            update.signals.extend(signal_message(s) for s in result.verdict.signals)
+            update.signals.extend(
+                signal_record_message(signal_record(s)) for s in result.verdict.signals
+            )
             best = best_shot_message(result.verdict.best_shot)
             if best is not None:
                 update.best_shot.CopyFrom(best)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import grpc
-
+from vigil.server.api.converters import Context
 from vigil.server.api.webhooks_converters import delivery_message, webhook_message
 from vigil.server.context import AppContext
 from vigil.server.security.principal import acting_company
@@ -17,7 +16,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         self.app = app
 
     async def CreateWebhook(
-        self, request: webhooks_pb2.CreateWebhookRequest, context: grpc.aio.ServicerContext
+        self, request: webhooks_pb2.CreateWebhookRequest, context: Context
     ) -> webhooks_pb2.Webhook:
         company_id = acting_company()
         url, folder_id = request.url.strip(), request.folder_id or None
@@ -28,7 +27,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         return webhook_message(hook, with_secret=True)
 
     async def ListWebhooks(
-        self, request: webhooks_pb2.ListWebhooksRequest, context: grpc.aio.ServicerContext
+        self, request: webhooks_pb2.ListWebhooksRequest, context: Context
     ) -> webhooks_pb2.ListWebhooksResponse:
         company_id = acting_company()
         hooks = await self.app.db(
@@ -37,7 +36,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         return webhooks_pb2.ListWebhooksResponse(webhooks=[webhook_message(h) for h in hooks])
 
     async def DeleteWebhook(
-        self, request: webhooks_pb2.DeleteWebhookRequest, context: grpc.aio.ServicerContext
+        self, request: webhooks_pb2.DeleteWebhookRequest, context: Context
     ) -> webhooks_pb2.DeleteWebhookResponse:
         company_id = acting_company()
         webhook_id = request.webhook_id
@@ -47,7 +46,7 @@ class WebhooksServicer(webhooks_pb2_grpc.WebhooksServicer):
         return webhooks_pb2.DeleteWebhookResponse()
 
     async def ListDeliveries(
-        self, request: webhooks_pb2.ListDeliveriesRequest, context: grpc.aio.ServicerContext
+        self, request: webhooks_pb2.ListDeliveriesRequest, context: Context
     ) -> webhooks_pb2.ListDeliveriesResponse:
         company_id = acting_company()
         folder_id, webhook_id = request.folder_id or None, request.webhook_id or None

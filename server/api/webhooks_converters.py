@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from vigil.server.api.converters import stamp, timestamp
 from vigil.storage.tables import Webhook, WebhookDelivery
 from vigil.v1 import webhooks_pb2
 
@@ -17,12 +16,6 @@ _STATES = {
 }
 
 
-def _stamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-    return stamp
-
-
 def webhook_message(hook: Webhook, *, with_secret: bool = False) -> webhooks_pb2.Webhook:
     """The secret is only ever included in CreateWebhook's answer."""
     return webhooks_pb2.Webhook(
@@ -30,7 +23,7 @@ def webhook_message(hook: Webhook, *, with_secret: bool = False) -> webhooks_pb2
         url=hook.url,
         folder_id=hook.folder_id or "",
         secret=hook.secret if with_secret else "",
-        created_at=_stamp(hook.created_at),
+        created_at=timestamp(hook.created_at),
     )
 
 
@@ -43,7 +36,7 @@ def attempt_message(attempt: dict[str, Any]) -> webhooks_pb2.DeliveryAttempt:
     )
     at = attempt.get("at")
     if at:
-        message.at.CopyFrom(_stamp(datetime.fromisoformat(str(at))))
+        message.at.CopyFrom(stamp(datetime.fromisoformat(str(at))))
     return message
 
 
@@ -54,8 +47,8 @@ def delivery_message(delivery: WebhookDelivery) -> webhooks_pb2.Delivery:
         folder_id=delivery.folder_id,
         state=_STATES.get(delivery.state, webhooks_pb2.DELIVERY_STATE_UNSPECIFIED),
         attempts=[attempt_message(a) for a in delivery.attempts],
-        created_at=_stamp(delivery.created_at),
+        created_at=timestamp(delivery.created_at),
     )
     if delivery.state == "PENDING":
-        message.next_attempt_at.CopyFrom(_stamp(delivery.next_attempt_at))
+        message.next_attempt_at.CopyFrom(stamp(delivery.next_attempt_at))
     return message

@@ -22,7 +22,8 @@ from vigil.server.context import AppContext
 from vigil.server.jobs.runner import AnalysisRunner, Outcome
 from vigil.server.metrics import ANALYSES_FINISHED
 from vigil.storage import analyses, folders, webhooks
-from vigil.storage.tables import Analysis, Folder, Media, new_id
+from vigil.storage.results import AnalysisState, Resolution, StoredResult
+from vigil.storage.tables import Analysis, Folder, new_id
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,10 @@ class AnalysisWorkers:
                 outcome = await self.runner.run(job, media)
             except Exception as exc:  # a bug or a backend failure: fail this job, keep the worker
                 log.exception("analysis %s (%s) raised", job.id, job.type)
-                outcome = Outcome("FAILED", "FAILED", error=f"internal error: {type(exc).__name__}")
+                error = f"internal error: {type(exc).__name__}"
+                outcome = Outcome(
+                    AnalysisState.FAILED, Resolution.FAILED, StoredResult(error=error)
+                )
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -118,53 +122,42 @@ class AnalysisWorkers:
     def _write(
         self, job: Analysis, worker: str, outcome: Outcome, elapsed_ms: float, session: Session
     ) -> bool:
-        best_shot_id = new_id() if outcome.best_shot_of is not None else None
-        results = outcome.results
-        if best_shot_id is not None:
-            results = [dict(r) for r in results]
-            results[0]["output_media_id"] = best_shot_id
-            outcome.decisive = {**outcome.decisive, "output_media_id": best_shot_id}
-        values = {
-            "results": results,
-            "decisive": outcome.decisive,
-            "thresholds": outcome.thresholds,
-            "models": outcome.models,
-            "error": outcome.error[:2000],
-            "processing_ms": elapsed_ms,
-        }
+        stored, best_shot = outcome.stored, outcome.best_shot
+        best_shot_id = new_id() if best_shot is not None else None
+        if best_shot_id is not None and stored.decisive is not None:
+            # The best shot's result names the image media it becomes.
+            decisive = stored.decisive.model_copy(update={"output_media_id": best_shot_id})
+            stored = stored.model_copy(
+                update={"results": [decisive, *stored.results[1:]], "decisive": decisive}
+            )
+        queued_deliveries: list[int] = []
 
         def on_success(s: Session, analysis: Analysis, folder: Folder) -> None:
-            source = outcome.best_shot_of
-            if source is not None and best_shot_id is not None:
-                jpeg = outcome.best_shot_jpeg  # a video's best frame: a new blob, then its row
-                key = self.app.blobs.put(jpeg) if jpeg is not None else source.blob_key
-                s.add(
-                    Media(
-                        id=best_shot_id,
-                        company_id=source.company_id,
-                        folder_id=source.folder_id,
-                        media_type="IMAGE",
-                        tags=["best_shot"],
-                        sha256=key,
-                        size=len(jpeg) if jpeg is not None else source.size,
-                        content_type="image/jpeg" if jpeg is not None else source.content_type,
-                        original_name=f"best_shot_of_{source.id}",
-                        blob_key=key,
-                        source_media_id=source.id,
-                    )
+            if best_shot is not None and best_shot_id is not None:
+                jpeg = best_shot.jpeg  # a video's best frame: a new blob; an image: its own
+                key = self.app.blobs.put(jpeg) if jpeg is not None else best_shot.source.blob_key
+                folders.add_best_shot(
+                    best_shot.source,
+                    best_shot_id,
+                    blob_key=key,
+                    size=len(jpeg) if jpeg is not None else best_shot.source.size,
+                    content_type="image/jpeg"
+                    if jpeg is not None
+                    else best_shot.source.content_type,
+                    session=s,
                 )
-            if folder.resolution not in (None, "PROCESSING"):
+            if folder.resolution not in (None, Resolution.PROCESSING):
                 rows = analyses.folder_analyses(folder.id, company_id=folder.company_id, session=s)
                 payload = folder_event_payload(folder, rows)
                 queued_deliveries.append(webhooks.enqueue_folder_event(folder, payload, session=s))
 
-        queued_deliveries: list[int] = []
         written = analyses.complete(
             job.id,
             worker,
             state=outcome.state,
             resolution=outcome.resolution,
-            values=values,
+            stored=stored,
+            processing_ms=elapsed_ms,
             session=session,
             on_success=on_success,
         )

@@ -1,31 +1,10 @@
-"""The security pieces a server holds: the token signer, the authenticator, TLS credentials."""
+"""TLS: the server's credentials (TLS or mutual TLS) from settings, or plaintext when allowed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import grpc
 
-from vigil.server.context import AppContext
-from vigil.server.security.auth import Authenticator
-from vigil.server.security.tokens import Signer, load_or_create_key
 from vigil.server.settings import Settings
-
-
-@dataclass
-class Security:
-    app: AppContext
-    signer: Signer
-    authenticator: Authenticator
-
-    @property
-    def settings(self) -> Settings:
-        return self.app.settings
-
-
-def build_security(app: AppContext) -> Security:
-    signer = Signer(load_or_create_key(app.settings.resolved_signing_key_file))
-    return Security(app, signer, Authenticator(app, signer))
 
 
 class InsecureConfiguration(Exception):
