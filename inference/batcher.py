@@ -120,6 +120,7 @@ class Batcher:
         name: str | None = None,
         alone: Callable[[], bool] = lambda: False,
         upstream: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Batcher:
         """A batcher whose items are rows of ``model``'s inputs (arrays without the batch axis).
         ``upstream`` counts requests on their way to it (see ``max_fill_wait_s``)."""
@@ -128,6 +129,7 @@ class Batcher:
             executor,
             config,
             name or model.spec.name,
+            clock=clock,
             upstream=upstream,
         )
 
@@ -154,10 +156,6 @@ class Batcher:
             if not request.future.done():
                 request.future.set_exception(Unavailable(f"{self.name} is shutting down"))
         self._depth.set(0)
-
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
 
     @property
     def load(self) -> int:

@@ -3,8 +3,12 @@ log, rate limits and lockout — through the real server."""
 
 from __future__ import annotations
 
-import time
+import asyncio
+import contextlib
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -12,22 +16,81 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.conftest import FACES, ServerThread, make_settings, read
+from vigil.server.app import VigilServer
+from vigil.server.security.auth import Authenticator
 from vigil.storage import analyses as analyses_repo
 from vigil.storage import credentials
 from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2, folders_pb2_grpc
 
 PASSWORD = "correct horse battery staple"
 
+T = TypeVar("T")
 
-def code_of(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     try:
         call()
     except grpc.RpcError as error:
-        return error.code()
+        code: grpc.StatusCode = error.code()
+        return code
     return grpc.StatusCode.OK
 
 
-def test_login_refresh_and_disable(api_server: ServerThread) -> None:
+def running(server: ServerThread) -> VigilServer:
+    """The started server (tests/conftest.py types ``ServerThread.running`` as None)."""
+    started: object = server.running
+    assert isinstance(started, VigilServer)
+    return started
+
+
+def on_server_loop(server: ServerThread, work: Callable[[], Awaitable[T]]) -> T:
+    """``server.call``, typed: run a coroutine on the server's loop and wait for its result."""
+
+    async def run() -> T:
+        return await work()
+
+    return asyncio.run_coroutine_threadsafe(run(), server.loop).result(60)
+
+
+class FakeClock:
+    """A clock that stands still until a test moves it (set from the test's thread, read on the
+    server's)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@contextlib.contextmanager
+def frozen_clock(server: ServerThread) -> Iterator[FakeClock]:
+    """For the ``with`` block, the server's credential cache, lockout and rate limits follow a
+    fake clock, started at the real one's time; the real clock (and an empty cache, whose entries
+    were stamped with fake times) come back after."""
+    security = running(server).security
+    assert security is not None
+    authenticator = security.authenticator
+    real = authenticator.clock
+    clock = FakeClock(real())
+    authenticator.clock = clock
+    try:
+        yield clock
+    finally:
+        authenticator.clock = real
+        authenticator.forget()
+
+
+@pytest.fixture
+def api_clock(api_server: ServerThread) -> Iterator[FakeClock]:
+    with frozen_clock(api_server) as clock:
+        yield clock
+
+
+def test_login_refresh_and_disable(api_server: ServerThread, api_clock: FakeClock) -> None:
     company = f"acct-{uuid.uuid4().hex[:8]}"
     admin_key = api_server.new_key("CLIENT_ADMIN", company=company)
     email = f"{company}@example.com"
@@ -56,7 +119,8 @@ def test_login_refresh_and_disable(api_server: ServerThread) -> None:
             auth_pb2_grpc.AdminStub(channel).DisableUser(
                 auth_pb2.DisableUserRequest(user_id=user.id)
             )
-        time.sleep(2.1)  # other replicas may trust a checked credential for up to 2 s
+        # other replicas may trust a checked credential for up to 2 s
+        api_clock.advance(Authenticator.CACHE_S + 0.1)
         new_bearer = (("authorization", f"Bearer {renewed.access_token}"),)
         assert code_of(lambda: auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=new_bearer)) == (
             grpc.StatusCode.UNAUTHENTICATED
@@ -83,7 +147,7 @@ def test_keys_are_shown_once_revocable_and_grants_are_bounded(api_server: Server
                 admin.CreateApiKey(auth_pb2.CreateApiKeyRequest(role=role))
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.RpcError) as info:
-            admin.CreateApiKey(auth_pb2.CreateApiKeyRequest(role=42))
+            admin.CreateApiKey(auth_pb2.CreateApiKeyRequest(role=auth_pb2.Role.ValueType(42)))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with api_server.channel(made.key) as channel:
         assert (
@@ -98,7 +162,7 @@ def test_keys_are_shown_once_revocable_and_grants_are_bounded(api_server: Server
         with pytest.raises(grpc.RpcError) as info:
             auth_pb2_grpc.AuthStub(channel).WhoAmI(auth_pb2.WhoAmIRequest())
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert "revoked" in info.value.details()
+        assert "revoked" in str(info.value.details())
 
 
 def test_an_operator_resolves_a_grey_zone_analysis_and_it_is_audited(
@@ -153,14 +217,20 @@ def test_an_operator_resolves_a_grey_zone_analysis_and_it_is_audited(
         )
         assert final.resolution == folders_pb2.RESOLUTION_SUCCESS
     company_id = company_id_of(api_server, company)
-    row = api_server.call(
-        lambda: api_server.running.app.db(
+    app = running(api_server).app
+    row = on_server_loop(
+        api_server,
+        lambda: app.db(
             lambda s: analyses_repo.get_analysis(analysis.id, company_id=company_id, session=s)
-        )
+        ),
     )
-    assert row.decided_by.startswith("key:") and row.decided_at is not None
+    assert row.decided_by is not None and row.decided_by.startswith("key:")
+    assert row.decided_at is not None
     assert row.decision_comment == "same man"
-    time.sleep(0.3)  # audit events are written just after each call
+    # Audit events are written just after each call: wait for the writes still running.
+    on_server_loop(
+        api_server, lambda: asyncio.gather(*app.background_writes, return_exceptions=True)
+    )
     with api_server.channel(api_server.new_key("CLIENT_ADMIN", company=company)) as channel:
         events = (
             auth_pb2_grpc.AdminStub(channel)
@@ -175,13 +245,14 @@ def test_an_operator_resolves_a_grey_zone_analysis_and_it_is_audited(
 
 
 def company_id_of(server: ServerThread, name: str) -> str:
-    return server.call(
-        lambda: server.running.app.db(lambda s: credentials.company_by_name(name, session=s).id)
+    app = running(server).app
+    return on_server_loop(
+        server, lambda: app.db(lambda s: credentials.company_by_name(name, session=s).id)
     )
 
 
 @pytest.fixture(scope="module")
-def strict_server(models_dir):  # type: ignore[no-untyped-def]
+def strict_server(models_dir: Path) -> Iterator[ServerThread]:
     settings = make_settings(
         models_dir,
         rate_limit_per_s=2.0,
@@ -189,12 +260,20 @@ def strict_server(models_dir):  # type: ignore[no-untyped-def]
         auth_max_failures=3,
         auth_lockout_s=2.0,
     )
-    running = ServerThread(settings).start()
-    yield running
-    running.stop()
+    started = ServerThread(settings).start()
+    yield started
+    started.stop()
 
 
-def test_rate_limit_answers_with_retry_info(strict_server: ServerThread) -> None:
+@pytest.fixture
+def strict_clock(strict_server: ServerThread) -> Iterator[FakeClock]:
+    with frozen_clock(strict_server) as clock:
+        yield clock
+
+
+def test_rate_limit_answers_with_retry_info(
+    strict_server: ServerThread, strict_clock: FakeClock
+) -> None:
     key = strict_server.new_key("CLIENT")
     with strict_server.channel(key) as channel:
         auth = auth_pb2_grpc.AuthStub(channel)
@@ -209,11 +288,13 @@ def test_rate_limit_answers_with_retry_info(strict_server: ServerThread) -> None
             retry = error_details_pb2.RetryInfo()
             assert any(d.Unpack(retry) for d in status.details)
             assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 1.0
-        time.sleep(1.0)
+        strict_clock.advance(1.0)
         assert code_of(lambda: auth.WhoAmI(auth_pb2.WhoAmIRequest())) == grpc.StatusCode.OK
 
 
-def test_lockout_after_repeated_failures(strict_server: ServerThread) -> None:
+def test_lockout_after_repeated_failures(
+    strict_server: ServerThread, strict_clock: FakeClock
+) -> None:
     good = strict_server.new_key("CLIENT")
     with grpc.insecure_channel(strict_server.address) as channel:
         auth = auth_pb2_grpc.AuthStub(channel)
@@ -228,6 +309,6 @@ def test_lockout_after_repeated_failures(strict_server: ServerThread) -> None:
         ) as info:  # even a good key, from this address, for a while
             auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=locked)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "failed authentications" in info.value.details()
-        time.sleep(2.1)
+        assert "failed authentications" in str(info.value.details())
+        strict_clock.advance(2.1)
         assert auth.WhoAmI(auth_pb2.WhoAmIRequest(), metadata=locked).role == auth_pb2.ROLE_CLIENT

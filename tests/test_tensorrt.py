@@ -16,15 +16,19 @@ from __future__ import annotations
 import ctypes
 import importlib
 import json
+import logging
 import os
 import sys
 import threading
 import time
 import types
+from collections.abc import Callable
 from dataclasses import replace
+from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import grpc
 import numpy as np
 import pytest
 
@@ -292,7 +296,8 @@ def test_padding_round_trip_equals_unpadded_run() -> None:
     x = rng.uniform(0, 255, (5, 3, 80, 80)).astype(np.float32)
 
     def model(batch: np.ndarray) -> np.ndarray:
-        return batch.reshape(batch.shape[0], -1).mean(axis=1, keepdims=True)
+        means: np.ndarray = batch.reshape(batch.shape[0], -1).mean(axis=1, keepdims=True)
+        return means
 
     index = plan.select_profile(profiles, {"input": x.shape})
     padded = plan.pad_batch(x, plan.padded_batch(profiles[index], 5))
@@ -443,6 +448,13 @@ def test_slot_pool_timeout_and_drain() -> None:
 # =========================================================================== fakes: TRT + CUDA
 
 
+class _CudaErrorT(IntEnum):
+    """The fake's ``cudaError_t``: cuda-python returns members of such an enum."""
+
+    cudaErrorMemoryAllocation = 2
+    cudaErrorIllegalAddress = 700
+
+
 class _FakeCudart(types.ModuleType):
     """Enough of ``cuda.bindings.runtime`` for the backend, with "device" memory in numpy."""
 
@@ -481,6 +493,8 @@ class _FakeCudart(types.ModuleType):
         return 0, types.SimpleNamespace(name=b"Fake GPU\0\0", major=9, minor=0)
 
     def cudaGetErrorString(self, err: int) -> tuple[int, bytes]:
+        if err == _CudaErrorT.cudaErrorIllegalAddress:
+            return 0, b"an illegal memory access was encountered"
         return 0, b"fake error"
 
     def cudaStreamCreateWithFlags(self, flags: int) -> tuple[int, int]:
@@ -509,6 +523,10 @@ class _FakeCudart(types.ModuleType):
         assert stream in self.streams
         ctypes.memmove(dst, src, size)
         return (0,)
+
+
+#: A fake engine's computation: input batch → outputs.
+Graph = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 def _fake_model(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -565,7 +583,7 @@ class _FakeTrt(types.ModuleType):
     class NetworkDefinitionCreationFlag:
         STRONGLY_TYPED = 5
 
-    def __init__(self, spec: ModelSpec, graph: Any, version: str = "11.4.0.106") -> None:
+    def __init__(self, spec: ModelSpec, graph: Graph, version: str = "11.4.0.106") -> None:
         super().__init__("tensorrt")
         self.__version__ = version
         self.spec = spec
@@ -708,13 +726,21 @@ class _FakeContext:
         return True
 
 
+class FakeGpu(Protocol):
+    """What the ``fake_gpu`` fixture gives: installs the fakes for a model, returns them."""
+
+    def __call__(
+        self, spec: ModelSpec, graph: Graph, *, devices: int = 1, version: str = "11.4.0.106"
+    ) -> tuple[_FakeTrt, _FakeCudart]: ...
+
+
 @pytest.fixture
-def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeGpu:
     """Install fake ``tensorrt`` and ``cuda.bindings.runtime`` modules; returns a factory."""
 
     def install(
-        spec: ModelSpec, graph: Any, *, devices: int = 1, version: str = "11.4.0.106"
-    ) -> Any:
+        spec: ModelSpec, graph: Graph, *, devices: int = 1, version: str = "11.4.0.106"
+    ) -> tuple[_FakeTrt, _FakeCudart]:
         fake_trt = _FakeTrt(spec, graph, version)
         cudart = _FakeCudart(devices)
         monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
@@ -750,7 +776,7 @@ def test_load_without_tensorrt_says_what_to_install(
 
 
 def test_load_without_cuda_python(
-    fake_gpu: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    fake_gpu: FakeGpu, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     fake_gpu(FAKE_SPEC, _fake_model)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
@@ -759,7 +785,7 @@ def test_load_without_cuda_python(
         trt_backend.TensorRTBackend().load(FAKE_SPEC, _onnx_file(tmp_path), BackendOptions())
 
 
-def test_load_without_gpu(fake_gpu: Any, tmp_path: Path) -> None:
+def test_load_without_gpu(fake_gpu: FakeGpu, tmp_path: Path) -> None:
     fake_gpu(FAKE_SPEC, _fake_model, devices=0)
     with pytest.raises(ModelError, match="needs an NVIDIA GPU"):
         trt_backend.TensorRTBackend().load(FAKE_SPEC, _onnx_file(tmp_path), BackendOptions())
@@ -777,7 +803,7 @@ def test_load_refuses_unknown_precision(tmp_path: Path) -> None:
         )
 
 
-def test_parse_failure_is_a_model_error(fake_gpu: Any, tmp_path: Path) -> None:
+def test_parse_failure_is_a_model_error(fake_gpu: FakeGpu, tmp_path: Path) -> None:
     fake_gpu(FAKE_SPEC, _fake_model)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
@@ -795,7 +821,7 @@ def test_network_flags() -> None:
     assert trt_backend._network_flags(trt10, "fp32") == 0
 
 
-def test_build_cache_and_infer_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
+def test_build_cache_and_infer_on_fakes(fake_gpu: FakeGpu, tmp_path: Path) -> None:
     fake_trt, cudart = fake_gpu(FAKE_SPEC, _fake_model)
     cache = tmp_path / "engines"
     options = BackendOptions(cache_dir=cache)
@@ -855,7 +881,7 @@ def test_build_cache_and_infer_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
     assert [p.name for p in cache.iterdir()] == [engine_file.name]  # no temp files left
 
 
-def test_buckets_pad_and_slice_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
+def test_buckets_pad_and_slice_on_fakes(fake_gpu: FakeGpu, tmp_path: Path) -> None:
     fake_gpu(FAKE_SPEC, _fake_model)
     model = trt_backend.TensorRTBackend(streams=1, profile_mode="buckets").load(
         FAKE_SPEC, _onnx_file(tmp_path), BackendOptions()
@@ -874,7 +900,7 @@ def test_buckets_pad_and_slice_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
         model.unload()
 
 
-def test_dynamic_spatial_outputs_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
+def test_dynamic_spatial_outputs_on_fakes(fake_gpu: FakeGpu, tmp_path: Path) -> None:
     fake_gpu(FAKE_DETECTOR, _fake_detector)
     spatial = plan.SpatialRange((2, 2), (8, 8), (16, 16))
     model = trt_backend.TensorRTBackend(spatial=spatial).load(
@@ -897,7 +923,7 @@ def test_dynamic_spatial_outputs_on_fakes(fake_gpu: Any, tmp_path: Path) -> None
         model.unload()
 
 
-def test_infer_is_thread_safe_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
+def test_infer_is_thread_safe_on_fakes(fake_gpu: FakeGpu, tmp_path: Path) -> None:
     fake_gpu(FAKE_SPEC, _fake_model)
     model = trt_backend.TensorRTBackend(streams=2).load(
         FAKE_SPEC, _onnx_file(tmp_path), BackendOptions()
@@ -922,6 +948,81 @@ def test_infer_is_thread_safe_on_fakes(fake_gpu: Any, tmp_path: Path) -> None:
     model.unload()
     assert not errors, errors[0]
     assert all(slot.context is None for slot in model._slots) or not model._slots
+
+
+def test_a_cuda_failure_during_inference_is_unavailable_without_cuda_detail(
+    fake_gpu: FakeGpu,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The caller gets UNAVAILABLE (retry, maybe elsewhere) and a message free of CUDA internals;
+    the server's log names the CUDA function and error."""
+    _, cudart = fake_gpu(FAKE_SPEC, _fake_model)
+    model = trt_backend.TensorRTBackend(streams=1).load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions()
+    )
+    x = np.arange(2 * 48, dtype=np.float32).reshape(2, 3, 4, 4)
+    failing = [True]
+
+    def synchronize(stream: int) -> tuple[int]:
+        return (_CudaErrorT.cudaErrorIllegalAddress if failing else 0,)
+
+    def logged() -> str:
+        return "\n".join(r.getMessage() for r in caplog.records if r.name == trt_backend.log.name)
+
+    try:
+        monkeypatch.setattr(cudart, "cudaStreamSynchronize", synchronize)
+        with (
+            caplog.at_level(logging.ERROR, logger=trt_backend.log.name),
+            pytest.raises(trt_backend.GpuFailure) as info,
+        ):
+            model.infer({"input": x})
+        error = info.value
+        assert isinstance(error, Unavailable)
+        assert grpc.StatusCode[error.status] == grpc.StatusCode.UNAVAILABLE
+        assert error.reason == "GPU_FAILURE"
+        assert error.message == "the GPU failed while running fake-embed; retry the call"
+        for internal in ("cuda", "700", "illegal", "Synchronize"):
+            assert internal not in error.message.lower()
+        assert "cudaStreamSynchronize failed: cudaErrorIllegalAddress (700)" in logged()
+        assert "an illegal memory access was encountered" in logged()
+
+        # The slot went back to the pool: once the GPU answers again, so does the model.
+        failing.clear()
+        assert model._pool.available == 1
+        np.testing.assert_allclose(model.infer({"input": x})["score"], _fake_model(x)["score"])
+
+        # TensorRT's own launch failing is a GPU failure too.
+        caplog.clear()
+        monkeypatch.setattr(model._slots[0].context, "execute_async_v3", lambda stream: False)
+        with (
+            caplog.at_level(logging.ERROR, logger=trt_backend.log.name),
+            pytest.raises(trt_backend.GpuFailure, match=r"^the GPU failed while running"),
+        ):
+            model.infer({"input": x})
+        assert "execute_async_v3 failed" in logged()
+    finally:
+        model.unload()
+    assert not cudart.blocks and not cudart.streams
+
+
+def test_a_cuda_failure_while_loading_stays_a_model_error_with_the_detail(
+    fake_gpu: FakeGpu, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """At start-up the operator reads the CUDA detail; what was allocated is freed."""
+    _, cudart = fake_gpu(FAKE_SPEC, _fake_model)
+
+    def malloc(size: int) -> tuple[int, None]:
+        return _CudaErrorT.cudaErrorMemoryAllocation, None
+
+    monkeypatch.setattr(cudart, "cudaMalloc", malloc)
+    with pytest.raises(
+        ModelError,
+        match=r"cannot load fake-embed.* cudaMalloc\(\d+\) failed: cudaErrorMemoryAllocation \(2\)",
+    ):
+        trt_backend.TensorRTBackend().load(FAKE_SPEC, _onnx_file(tmp_path), BackendOptions())
+    assert cudart.freed and not cudart.blocks and not cudart.streams
 
 
 def test_write_atomically(tmp_path: Path) -> None:

@@ -51,9 +51,16 @@ import numpy as np
 from vigil.inference.backends import trt_plan as plan
 from vigil.inference.backends.base import BackendOptions
 from vigil.inference.catalog import ModelSpec
-from vigil.inference.errors import InvalidArgument, ModelError, Unavailable, VigilError
+from vigil.inference.errors import InvalidArgument, ModelError, Unavailable
 
-__all__ = ["GPU_EXTRA_HINT", "CudaError", "TensorRTBackend", "TensorRTModel", "convert_to_fp16"]
+__all__ = [
+    "GPU_EXTRA_HINT",
+    "CudaError",
+    "GpuFailure",
+    "TensorRTBackend",
+    "TensorRTModel",
+    "convert_to_fp16",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +70,35 @@ GPU_EXTRA_HINT = "install the gpu extra: pip install 'vigil[gpu]'"
 _UNLOAD_WAIT_S = 60.0
 
 
-class CudaError(VigilError):
-    """A CUDA runtime call failed while serving a request."""
+class CudaError(Exception):
+    """A CUDA runtime call (or a TensorRT call on the GPU) failed.
 
-    reason = "CUDA_ERROR"
+    Internal: its text names CUDA functions and error codes, for the server's log, never for a
+    caller. While a model loads it becomes a :class:`ModelError` (start-up stops with the detail);
+    during inference :meth:`TensorRTModel.infer` logs it and raises :class:`GpuFailure`.
+    """
+
+    def __init__(
+        self, function: str, code: int | None = None, name: str = "", description: str = ""
+    ) -> None:
+        self.function = function
+        #: The ``cudaError_t`` value and its name (e.g. 700, ``cudaErrorIllegalAddress``); None
+        #: for a TensorRT call, which reports failure without a code.
+        self.code = code
+        self.name = name
+        self.description = description
+        text = f"{function} failed"
+        if code is not None:
+            text += f": {name or 'CUDA error'} ({code})"
+        if description:
+            text += f": {description}"
+        super().__init__(text)
+
+
+class GpuFailure(Unavailable):
+    """The GPU failed while running a model. The call may succeed again, on another replica."""
+
+    reason = "GPU_FAILURE"
 
 
 # --------------------------------------------------------------------------- lazy imports
@@ -116,10 +148,11 @@ class _Cuda:
         else:
             err, values = result, ()
         if int(err) != 0:
-            name = err
-            with contextlib.suppress(Exception):  # best effort: the code is in the message too
-                name = self._rt.cudaGetErrorString(err)[1].decode(errors="replace")
-            raise CudaError(f"{what} failed: {name} (CUDA error {int(err)})")
+            description = ""
+            with contextlib.suppress(Exception):  # best effort: the code is in the error too
+                description = self._rt.cudaGetErrorString(err)[1].decode(errors="replace")
+            # cuda-python's codes are ``cudaError_t`` enum members, named like cudaErrorXxx.
+            raise CudaError(what, int(err), str(getattr(err, "name", "")), description)
         if not values:
             return None
         return values[0] if len(values) == 1 else values
@@ -134,14 +167,17 @@ class _Cuda:
 
     def device_description(self) -> str:
         """GPU name and compute capability, e.g. ``NVIDIA H100 80GB HBM3 sm_90``."""
-        props = self._check(self._rt.cudaGetDeviceProperties(self.device_id), "properties")
+        props = self._check(
+            self._rt.cudaGetDeviceProperties(self.device_id), "cudaGetDeviceProperties"
+        )
         raw = props.name
         name = raw.split(b"\0")[0].decode(errors="replace") if isinstance(raw, bytes) else raw
         return f"{str(name).strip()} sm_{props.major}{props.minor}"
 
     def stream_create(self) -> Any:
         return self._check(
-            self._rt.cudaStreamCreateWithFlags(self._rt.cudaStreamNonBlocking), "stream create"
+            self._rt.cudaStreamCreateWithFlags(self._rt.cudaStreamNonBlocking),
+            "cudaStreamCreateWithFlags",
         )
 
     def stream_destroy(self, stream: Any) -> None:
@@ -167,11 +203,15 @@ class _Cuda:
 
     def copy_h2d(self, device: int, host: int, size: int, stream: Any) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check(self._rt.cudaMemcpyAsync(device, host, size, kind, stream), "copy H2D")
+        self._check(
+            self._rt.cudaMemcpyAsync(device, host, size, kind, stream), "cudaMemcpyAsync(H2D)"
+        )
 
     def copy_d2h(self, host: int, device: int, size: int, stream: Any) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._check(self._rt.cudaMemcpyAsync(host, device, size, kind, stream), "copy D2H")
+        self._check(
+            self._rt.cudaMemcpyAsync(host, device, size, kind, stream), "cudaMemcpyAsync(D2H)"
+        )
 
 
 def _stream_handle(stream: Any) -> int:
@@ -331,7 +371,10 @@ class TensorRTModel:
         if slot.active_profile == index:
             return
         if not slot.context.set_optimization_profile_async(index, _stream_handle(slot.stream)):
-            raise CudaError(f"cannot select optimisation profile {index} of {self.spec.ref}")
+            raise CudaError(
+                "set_optimization_profile_async",
+                description=f"cannot select optimisation profile {index} of {self.spec.ref}",
+            )
         slot.active_profile = index
 
     def _capacities(self, slot: plan.ExecutionSlot) -> dict[str, int]:
@@ -397,10 +440,18 @@ class TensorRTModel:
         chunk = plan.max_servable_batch(self.profiles, shapes)
         if chunk == 0:
             plan.select_profile(self.profiles, shapes)  # raises with the allowed shapes
-        parts = [
-            self._run_chunk({name: a[part] for name, a in arrays.items()})
-            for part in plan.split_batch(batch, chunk)
-        ]
+        try:
+            parts = [
+                self._run_chunk({name: a[part] for name, a in arrays.items()})
+                for part in plan.split_batch(batch, chunk)
+            ]
+        except CudaError as exc:
+            # The detail is for the operator; the caller learns that the GPU failed, and that
+            # the call may succeed again (another replica, or this one after a restart).
+            log.error("%s: GPU failure during inference: %s", self.spec.ref, exc)
+            raise GpuFailure(
+                f"the GPU failed while running {self.spec.name}; retry the call"
+            ) from exc
         if len(parts) == 1:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
@@ -436,11 +487,16 @@ class TensorRTModel:
             for name in self.output_names:
                 shape = tuple(context.get_tensor_shape(name))
                 size = plan.nbytes(shape, self.dtypes[name])
-                if size > slot.capacity[name]:
-                    raise CudaError(f"output {name} needs {size} bytes, {slot.capacity[name]} held")
+                if size > slot.capacity[name]:  # a sizing bug, not a GPU failure: INTERNAL
+                    raise RuntimeError(
+                        f"output {name} of {self.spec.ref} needs {size} bytes, "
+                        f"{slot.capacity[name]} held"
+                    )
                 out_shapes[name] = shape
             if not context.execute_async_v3(_stream_handle(slot.stream)):
-                raise CudaError(f"TensorRT execution of {self.spec.ref} failed")
+                raise CudaError(
+                    "execute_async_v3", description=f"TensorRT execution of {self.spec.ref}"
+                )
             for name, shape in out_shapes.items():
                 size = plan.nbytes(shape, self.dtypes[name])
                 host = slot.host[name]
@@ -482,7 +538,7 @@ class TensorRTModel:
                 try:
                     cuda.synchronize(slot.stream)
                     cuda.stream_destroy(slot.stream)
-                except VigilError as exc:
+                except CudaError as exc:
                     log.warning("%s: freeing a stream: %s", self.spec.ref, exc)
             slot.stream = None
             slot.host.clear()
@@ -492,12 +548,12 @@ class TensorRTModel:
         for pointer in self._host_pointers:
             try:
                 cuda.free_host(pointer)
-            except VigilError as exc:
+            except CudaError as exc:
                 log.warning("%s: freeing pinned memory: %s", self.spec.ref, exc)
         for pointer in self._device_pointers:
             try:
                 cuda.free(pointer)
-            except VigilError as exc:
+            except CudaError as exc:
                 log.warning("%s: freeing device memory: %s", self.spec.ref, exc)
         self._host_pointers.clear()
         self._device_pointers.clear()

@@ -8,18 +8,19 @@ but never echoed to the caller.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from vigil.inference.errors import VigilError
+from vigil.server import rpc
 from vigil.server.metrics import RPC_LATENCY, RPC_TOTAL
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def _status_details(code: grpc.StatusCode, exc: VigilError) -> bytes:
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
     status = status_pb2.Status(code=code.value[0], message=exc.message, details=details)
-    return status.SerializeToString()
+    serialized: bytes = status.SerializeToString()  # google.rpc ships no type stubs
+    return serialized
 
 
 class _Outcome:
@@ -53,7 +55,7 @@ class _Outcome:
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
 
-    def finish(self, context: grpc.aio.ServicerContext) -> None:
+    def finish(self, context: rpc.Context) -> None:
         code = self.code
         if code == grpc.StatusCode.OK:
             reported = context.code()
@@ -65,9 +67,7 @@ class _Outcome:
         RPC_LATENCY.labels(self.method, code.name).observe(time.perf_counter() - self.started)
 
 
-async def _abort_for(
-    exc: BaseException, context: grpc.aio.ServicerContext, outcome: _Outcome
-) -> None:
+async def _abort_for(exc: BaseException, context: rpc.Context, outcome: _Outcome) -> NoReturn:
     """Turn ``exc`` into the call's status; always raises."""
     if isinstance(exc, VigilError):
         code = grpc.StatusCode[exc.status]
@@ -88,49 +88,23 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__name__ == "AbortError"
 
 
-def _wrap_unary_response(
-    method: str, behavior: Callable[..., Awaitable[Any]]
-) -> Callable[..., Awaitable[Any]]:
-    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        outcome = _Outcome(method)
-        try:
-            return await behavior(request_or_iterator, context)
-        except asyncio.CancelledError:
-            outcome.code = grpc.StatusCode.CANCELLED
+@contextlib.asynccontextmanager
+async def _mapped_errors(
+    method: str, request: rpc.Request, context: rpc.Context
+) -> AsyncIterator[rpc.Transform]:
+    """Around one call: its errors become statuses, its outcome is counted and timed."""
+    outcome = _Outcome(method)
+    try:
+        yield rpc.unchanged
+    except asyncio.CancelledError:
+        outcome.code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as exc:
+        if _is_abort(exc):
             raise
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            await _abort_for(exc, context, outcome)
-        finally:
-            outcome.finish(context)
-
-    return handler
-
-
-def _wrap_stream_response(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-    if not inspect.isasyncgenfunction(behavior):
-        # A streaming handler written with ``await context.write(...)`` (e.g. health Watch).
-        return _wrap_unary_response(method, behavior)
-
-    async def handler(
-        request_or_iterator: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        outcome = _Outcome(method)
-        try:
-            async for response in behavior(request_or_iterator, context):
-                yield response
-        except asyncio.CancelledError:
-            outcome.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            await _abort_for(exc, context, outcome)
-        finally:
-            outcome.finish(context)
-
-    return handler
+        await _abort_for(exc, context, outcome)
+    finally:
+        outcome.finish(context)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -138,31 +112,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        continuation: rpc.Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
+    ) -> rpc.Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
-        common = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(method, handler.unary_unary), **common
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(method, handler.stream_unary), **common
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(method, handler.unary_stream), **common
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream_response(method, handler.stream_stream), **common
-            )
-        return handler
+        return rpc.guarded(handler, handler_call_details.method, _mapped_errors)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
+from sqlmodel import Session
 
 from vigil.inference.errors import (
     NotFound,
@@ -24,6 +24,7 @@ from vigil.inference.errors import (
     Unauthenticated,
     VigilError,
 )
+from vigil.server import rpc
 from vigil.server.context import AppContext
 from vigil.server.security.permissions import PERMISSIONS, STAFF, needs_credential
 from vigil.server.security.principal import CURRENT, Principal
@@ -50,32 +51,49 @@ _OBJECT_FIELDS = (
 )
 
 
-def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+def _metadata(context: rpc.Context) -> dict[str, str]:
     values: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
         values[key] = value if isinstance(value, str) else value.decode(errors="replace")
     return values
 
 
-def _peer_host(context: grpc.aio.ServicerContext) -> str:
+def _peer_host(context: rpc.Context) -> str:
     peer = context.peer() or ""
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 1 else peer
 
 
 class Authenticator:
-    """Turns call metadata into a Principal; remembers recent lookups for a moment."""
+    """Turns call metadata into a Principal; remembers recent lookups for a moment.
+
+    ``clock`` (seconds, monotonic) times the credential cache, the lockout and the rate limits.
+    """
 
     CACHE_S = 2.0
 
-    def __init__(self, app: AppContext, signer: Signer) -> None:
+    def __init__(
+        self, app: AppContext, signer: Signer, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.app = app
         self.signer = signer
         settings = app.settings
-        self.failures = FailureTracker(settings.auth_max_failures, settings.auth_lockout_s)
-        self.buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self.failures = FailureTracker(settings.auth_max_failures, settings.auth_lockout_s, clock)
+        self.buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, clock)
+        self._clock = clock
         self._cache: dict[str, tuple[float, Principal]] = {}
 
-    def check_lockout(self, context: grpc.aio.ServicerContext) -> None:
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        """Replace the clock of the cache, the lockout and the rate limits together."""
+        self._clock = clock
+        self.failures.clock = clock
+        self.buckets.clock = clock
+
+    def check_lockout(self, context: rpc.Context) -> None:
         remaining = self.failures.locked_for(_peer_host(context))
         if remaining > 0:
             raise RateLimited(
@@ -83,14 +101,14 @@ class Authenticator:
                 remaining,
             )
 
-    def record_failure(self, context: grpc.aio.ServicerContext) -> None:
+    def record_failure(self, context: rpc.Context) -> None:
         self.failures.fail(_peer_host(context))
 
     def forget(self) -> None:
         """Drop cached credentials (after a revocation or a user is disabled on this replica)."""
         self._cache.clear()
 
-    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def authenticate(self, context: rpc.Context) -> Principal:
         metadata = _metadata(context)
         self.check_lockout(context)
         key = metadata.get("x-api-key", "")
@@ -113,7 +131,7 @@ class Authenticator:
     async def _principal(self, key: str, bearer: str) -> Principal:
         cache_key = key or bearer
         cached = self._cache.get(cache_key)
-        if cached is not None and time.monotonic() - cached[0] < self.CACHE_S:
+        if cached is not None and self._clock() - cached[0] < self.CACHE_S:
             return cached[1]
         if key:
             principal = await self.app.db(lambda s: self._from_key(key, s))
@@ -123,18 +141,18 @@ class Authenticator:
                 raise Unauthenticated("authorization must be 'Bearer <access token>'")
             claims = self.signer.verify(token.strip(), "access")
             principal = await self.app.db(lambda s: self._from_claims(claims, s))
-        self._cache[cache_key] = (time.monotonic(), principal)
+        self._cache[cache_key] = (self._clock(), principal)
         return principal
 
     @staticmethod
-    def _from_key(presented: str, session: Any) -> Principal:
+    def _from_key(presented: str, session: Session) -> Principal:
         row = credentials.authenticate_key(presented, session=session)
         credentials.touch_key(row.id, session=session)
         company = credentials.get_company(row.company_id, session=session)
         return Principal(row.company_id, company.name, row.role, row.result_mode, api_key_id=row.id)
 
     @staticmethod
-    def _from_claims(claims: dict[str, Any], session: Any) -> Principal:
+    def _from_claims(claims: dict[str, Any], session: Session) -> Principal:
         try:
             user = credentials.get_user(claims["sub"], company_id=None, session=session)
         except (KeyError, NotFound):
@@ -180,35 +198,27 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        continuation: rpc.Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> Any:
+    ) -> rpc.Handler | None:
         handler = await continuation(details)
         method = details.method
         if handler is None or not needs_credential(method):
             return handler
-        kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-        kind = next(k for k in kinds if getattr(handler, k))
-        behavior = getattr(handler, kind)
-        wrapped = (
-            self._wrap_generator(method, behavior)
-            if inspect.isasyncgenfunction(behavior)
-            else self._wrap(method, behavior)
-        )
-        factory = getattr(grpc, f"{kind}_rpc_method_handler")
-        return factory(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rpc.guarded(handler, method, self._guard)
 
-    async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
+    @contextlib.asynccontextmanager
+    async def _guard(
+        self, method: str, request: rpc.Request, context: rpc.Context
+    ) -> AsyncIterator[rpc.Transform]:
+        """Authenticate and authorise the call, act as its principal, redact for SAFE ones."""
         principal = await self.authenticator.authenticate(context)
         authorize(principal, method)
-        return principal
+        with self._acting_as(principal, method, request):
+            yield redact if principal.safe else rpc.unchanged
 
     @contextlib.contextmanager
-    def _acting_as(self, principal: Principal, method: str, request: Any) -> Iterator[None]:
+    def _acting_as(self, principal: Principal, method: str, request: rpc.Request) -> Iterator[None]:
         """The principal is current for the call; its outcome is audited when it ends."""
         token = CURRENT.set(principal)
         status = "OK"
@@ -227,25 +237,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             CURRENT.reset(token)
             self._audit(principal, method, request, status)
 
-    def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            principal = await self._enter(method, context)
-            with self._acting_as(principal, method, request):
-                response = await behavior(request, context)
-                return redact(response) if principal.safe and response is not None else response
-
-        return handler
-
-    def _wrap_generator(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            principal = await self._enter(method, context)
-            with self._acting_as(principal, method, request):
-                async for response in behavior(request, context):
-                    yield redact(response) if principal.safe else response
-
-        return handler
-
-    def _audit(self, principal: Principal, method: str, request: Any, status: str) -> None:
+    def _audit(self, principal: Principal, method: str, request: rpc.Request, status: str) -> None:
         """Record who did what to which object, after the call, off the call's path."""
         if method.startswith(_NOT_AUDITED):
             return
