@@ -24,20 +24,21 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
 from benchmarks.raw_engine import Models, single_request_variants
-from benchmarks.run import CONFIGS
-from benchmarks.servers import ServerProcess
+from benchmarks.servers import CONFIGS, ServerProcess
 from benchmarks.workloads import METHODS, ROOT, WORKLOADS, Images, default_data_dir, request_bytes
 from vigil.inference import catalog
 
 REPORT = ROOT / "benchmarks" / "reports" / "latency_interleaved.json"
 OPTIONS = [("grpc.max_send_message_length", 64 << 20)]
+T = TypeVar("T")
 
 
-def _passes(fn: Callable[[object], object], items: Sequence[object], seconds: float) -> list[float]:
+def _passes(fn: Callable[[T], object], items: Sequence[T], seconds: float) -> list[float]:
     """Whole passes over ``items``, one call at a time, until ``seconds`` have passed; ms each."""
     samples: list[float] = []
     until = time.perf_counter() + seconds
@@ -71,8 +72,10 @@ def measure(
             response_deserializer=lambda b: b,
         )
 
-        def served_call(request: object) -> object:
-            return call(request, metadata=metadata, timeout=timeout_s)
+        call_metadata = tuple(metadata)
+
+        def served_call(request: bytes) -> bytes:
+            return call(request, metadata=call_metadata, timeout=timeout_s)
 
         variants = single_request_variants(models, workload, pool)
         _passes(served_call, requests, 0.0)  # warm-up

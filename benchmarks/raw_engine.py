@@ -60,7 +60,8 @@ class Models:
         }
 
     def run(self, spec: ModelSpec, tensor: np.ndarray) -> np.ndarray:
-        return self.sessions[spec.name].run(None, {spec.inputs[0].name: tensor})[0]
+        output: np.ndarray = self.sessions[spec.name].run(None, {spec.inputs[0].name: tensor})[0]
+        return output
 
     def detect(self, data: bytes) -> tuple[np.ndarray, Face]:
         """Decode and detect; the subject (largest face) as the server picks it."""
@@ -229,10 +230,10 @@ def measure(
     seconds: float,
     rounds: int = 3,
     progress: Callable[[str], None] = print,
-) -> tuple[list[RawResult], dict[str, dict]]:
+) -> tuple[list[RawResult], dict[str, dict[str, float]]]:
     """The raw ceiling per workload, and the batch-size tables behind it."""
     models_by_threads = {threads: Models(models_dir, threads) for threads in (1, 2)}
-    tables: dict[str, dict] = {}
+    tables: dict[str, dict[int, float]] = {}
     best: dict[str, int] = {}
     for spec in (DLIB_RESNET, MINIFASNET_V2, MINIFASNET_V1SE):
         best[spec.name], tables[spec.name] = best_batch_size(models_by_threads[2], spec)

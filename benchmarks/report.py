@@ -66,7 +66,9 @@ def format_reference(run: Run) -> str:
 
 def _point(run: Run, config: str, workload: str, concurrency: int) -> dict[str, Any] | None:
     """The sweep point nearest to ``concurrency`` for this configuration and workload."""
-    candidates = [p for p in run["points"] if p["config"] == config and p["workload"] == workload]
+    candidates: list[dict[str, Any]] = [
+        p for p in run["points"] if p["config"] == config and p["workload"] == workload
+    ]
     if not candidates:
         return None
     return min(candidates, key=lambda p: abs(p["concurrency"] - concurrency))

@@ -23,23 +23,9 @@ import grpc
 
 from benchmarks import report
 from benchmarks.loadgen import CHANNEL_OPTIONS, LoadResult, run_load
-from benchmarks.servers import ServerConfig, ServerProcess, wait_serving
+from benchmarks.servers import CONFIGS, ServerConfig, ServerProcess, wait_serving
 from benchmarks.workloads import METHODS, ROOT, WORKLOADS, Images, default_data_dir, request_bytes
 from vigil.v1 import instant_pb2, instant_pb2_grpc
-
-CONFIGS = (
-    # The sweep measures queueing, so admission control is off there (the overload point has it).
-    ServerConfig(
-        "batching-on",
-        {"VIGIL_MAX_INFLIGHT_IMAGES": "0"},
-        "per-face models batched up to 32 (defaults)",
-    ),
-    ServerConfig(
-        "batching-off",
-        {"VIGIL_MAX_BATCH_SIZE": "1", "VIGIL_MAX_INFLIGHT_IMAGES": "0"},
-        "VIGIL_MAX_BATCH_SIZE=1",
-    ),
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,7 +137,9 @@ class Progress:
 
 def metadata_for(args: argparse.Namespace, target: str) -> list[tuple[str, str]]:
     """--metadata when given, else the key of the server the harness started at ``target``."""
-    return args.metadata or getattr(args, "metadata_by_target", {}).get(target, [])
+    by_target: dict[str, list[tuple[str, str]]] = getattr(args, "metadata_by_target", {})
+    given: list[tuple[str, str]] = args.metadata
+    return given or by_target.get(target, [])
 
 
 async def sanity_check(target: str, images: Images, metadata: list[tuple[str, str]]) -> None:
@@ -469,7 +457,10 @@ def _commit(root: Path) -> str | None:
 
 
 def run_peer(
-    args: argparse.Namespace, items: dict[str, list], seconds: float, progress: Progress
+    args: argparse.Namespace,
+    items: dict[str, list[tuple[bytes, ...]]],
+    seconds: float,
+    progress: Progress,
 ) -> list[dict[str, Any]] | dict[str, str]:
     if args.skip_peer:
         return {"skipped": "--skip-peer"}

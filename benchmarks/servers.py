@@ -29,6 +29,23 @@ class ServerConfig:
     description: str = ""
 
 
+#: The harness's sweep configurations (``benchmarks.run``); the first, batching-on, is also the
+#: server of ``benchmarks.latency_interleaved``.
+CONFIGS = (
+    # The sweep measures queueing, so admission control is off there (the overload point has it).
+    ServerConfig(
+        "batching-on",
+        {"VIGIL_MAX_INFLIGHT_IMAGES": "0"},
+        "per-face models batched up to 32 (defaults)",
+    ),
+    ServerConfig(
+        "batching-off",
+        {"VIGIL_MAX_BATCH_SIZE": "1", "VIGIL_MAX_INFLIGHT_IMAGES": "0"},
+        "VIGIL_MAX_BATCH_SIZE=1",
+    ),
+)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -36,7 +53,7 @@ def free_port() -> int:
 
 
 async def wait_serving(
-    target: str, timeout_s: float, process: subprocess.Popen | None = None
+    target: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None
 ) -> None:
     """Poll ``grpc.health.v1`` until SERVING; fail early if the process dies."""
     deadline = time.monotonic() + timeout_s

@@ -46,10 +46,14 @@ OPTIONS = [
 ]
 
 
-def selfie_video(photo: Path, seconds: float = 5.0, fps: int = 30, size=(720, 1280)) -> bytes:  # type: ignore[no-untyped-def]
+def selfie_video(
+    photo: Path, seconds: float = 5.0, fps: int = 30, size: tuple[int, int] = (720, 1280)
+) -> bytes:
     """A portrait 720p H.264 video (4 Mbit/s) of ``photo``: slow zoom, small pan, noise."""
     width, height = size
     base = cv2.imread(str(photo))
+    if base is None:
+        raise SystemExit(f"cannot read the benchmark photo {photo}")
     h, w = base.shape[:2]
     crop_w = min(w, int(h * width / height))
     crop_h = int(crop_w * height / width)
@@ -76,7 +80,9 @@ def selfie_video(photo: Path, seconds: float = 5.0, fps: int = 30, size=(720, 12
     return buffer.getvalue()
 
 
-async def _one(stub: Any, data: bytes, metadata: Any) -> float:
+async def _one(
+    stub: instant_pb2_grpc.InstantAsyncStub, data: bytes, metadata: list[tuple[str, str]]
+) -> float:
     started = time.perf_counter()
     reply = await stub.CheckLiveness(
         instant_pb2.LivenessRequest(image=common_pb2.Media(data=data)),
@@ -97,7 +103,8 @@ async def measure_server(
         latencies = [await _one(stub, data, server.metadata) for _ in range(10)]
         saturation = {}
         for level in levels:
-            done, stop_at = [], time.monotonic() + seconds
+            done: list[float] = []
+            stop_at = time.monotonic() + seconds
             started = time.perf_counter()
 
             async def client(done: list[float] = done, stop_at: float = stop_at) -> None:
@@ -161,7 +168,10 @@ def measure_raw(
         stop_at = time.monotonic() + seconds / 2
 
         def work(
-            i: int, count: list[int] = count, stop_at: float = stop_at, pipes: Any = pipelines
+            i: int,
+            count: list[int] = count,
+            stop_at: float = stop_at,
+            pipes: list[Models] = pipelines,
         ) -> None:
             while time.monotonic() < stop_at:
                 raw_video(pipes[i], data, sampling, embed)

@@ -9,26 +9,33 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypeVar
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vigil.client.commands import DEFAULT_SERVER, add_connection_arguments, connection_of
 from vigil.client.errors import VigilRpcError
 from vigil.v1 import auth_pb2, auth_pb2_grpc
 
+Request = TypeVar("Request")
+Reply = TypeVar("Reply", bound=Message)
+
 ROLES = [name.removeprefix("ROLE_") for name in auth_pb2.Role.keys()[1:]]
 
 
-def _call(args: argparse.Namespace, build: Callable[[auth_pb2_grpc.AdminStub], Any]) -> int:
+def _call(
+    args: argparse.Namespace,
+    method: Callable[[auth_pb2_grpc.AdminStub], grpc.UnaryUnaryMultiCallable[Request, Reply]],
+    request: Request,
+) -> int:
     connection = connection_of(args)
     try:
         with connection.channel() as channel:
-            reply = build(auth_pb2_grpc.AdminStub(channel))(
-                metadata=connection.metadata, timeout=30
-            )
+            call = method(auth_pb2_grpc.AdminStub(channel))
+            reply = call(request, metadata=connection.metadata, timeout=30)
     except grpc.RpcError as error:
         failure = VigilRpcError.from_grpc(error)
         print(f"{failure.code}: {failure.message}", file=sys.stderr)
@@ -53,7 +60,7 @@ def _key_create(args: argparse.Namespace) -> int:
         result_mode=_mode(args),
         expires_at=expires,
     )
-    return _call(args, lambda stub: lambda **kw: stub.CreateApiKey(request, **kw))
+    return _call(args, lambda stub: stub.CreateApiKey, request)
 
 
 def _user_create(args: argparse.Namespace) -> int:
@@ -65,21 +72,22 @@ def _user_create(args: argparse.Namespace) -> int:
         role=auth_pb2.Role.Value(f"ROLE_{args.role}"),
         result_mode=_mode(args),
     )
-    return _call(args, lambda stub: lambda **kw: stub.CreateUser(request, **kw))
+    return _call(args, lambda stub: stub.CreateUser, request)
 
 
 def _simple(
-    method: str, build: Callable[[argparse.Namespace], Any]
+    method: Callable[[auth_pb2_grpc.AdminStub], grpc.UnaryUnaryMultiCallable[Request, Reply]],
+    build: Callable[[argparse.Namespace], Request],
 ) -> Callable[[argparse.Namespace], int]:
-    return lambda args: _call(
-        args, lambda stub: lambda **kw: getattr(stub, method)(build(args), **kw)
-    )
+    return lambda args: _call(args, method, build(args))
 
 
-def add_admin_commands(admin: Any) -> None:
+def add_admin_commands(admin: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Registers companies/keys/users/audit under `vigil admin`."""
 
-    def command(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> Any:
+    def command(
+        name: str, help_text: str, handler: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
         parser = admin.add_parser(name, help=help_text)
         parser.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT")
         add_connection_arguments(parser)
@@ -89,13 +97,15 @@ def add_admin_commands(admin: Any) -> None:
     p = command(
         "company-create",
         "create a company",
-        _simple("CreateCompany", lambda a: auth_pb2.CreateCompanyRequest(name=a.name)),
+        _simple(
+            lambda stub: stub.CreateCompany, lambda a: auth_pb2.CreateCompanyRequest(name=a.name)
+        ),
     )
     p.add_argument("name")
     command(
         "company-list",
         "list companies",
-        _simple("ListCompanies", lambda a: auth_pb2.ListCompaniesRequest()),
+        _simple(lambda stub: stub.ListCompanies, lambda a: auth_pb2.ListCompaniesRequest()),
     )
     p = command("key-create", "create an API key (printed once)", _key_create)
     p.add_argument("--role", choices=ROLES, required=True)
@@ -106,13 +116,19 @@ def add_admin_commands(admin: Any) -> None:
     p = command(
         "key-list",
         "list API keys",
-        _simple("ListApiKeys", lambda a: auth_pb2.ListApiKeysRequest(company_id=a.company or "")),
+        _simple(
+            lambda stub: stub.ListApiKeys,
+            lambda a: auth_pb2.ListApiKeysRequest(company_id=a.company or ""),
+        ),
     )
     p.add_argument("--company")
     p = command(
         "key-revoke",
         "revoke an API key",
-        _simple("RevokeApiKey", lambda a: auth_pb2.RevokeApiKeyRequest(api_key_id=a.key_id)),
+        _simple(
+            lambda stub: stub.RevokeApiKey,
+            lambda a: auth_pb2.RevokeApiKeyRequest(api_key_id=a.key_id),
+        ),
     )
     p.add_argument("key_id")
     p = command("user-create", "create a user ($VIGIL_NEW_USER_PASSWORD or a prompt)", _user_create)
@@ -123,14 +139,18 @@ def add_admin_commands(admin: Any) -> None:
     p = command(
         "user-list",
         "list users",
-        _simple("ListUsers", lambda a: auth_pb2.ListUsersRequest(company_id=a.company or "")),
+        _simple(
+            lambda stub: stub.ListUsers,
+            lambda a: auth_pb2.ListUsersRequest(company_id=a.company or ""),
+        ),
     )
     p.add_argument("--company")
     p = command(
         "audit",
         "the audit log",
         _simple(
-            "ListAuditEvents", lambda a: auth_pb2.ListAuditEventsRequest(company_id=a.company or "")
+            lambda stub: stub.ListAuditEvents,
+            lambda a: auth_pb2.ListAuditEventsRequest(company_id=a.company or ""),
         ),
     )
     p.add_argument("--company")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TypeVar
 
 import grpc
 
@@ -15,6 +15,8 @@ from vigil.client.video_results import StreamUpdate
 from vigil.v1 import auth_pb2, auth_pb2_grpc, instant_pb2, instant_pb2_grpc
 
 T = TypeVar("T")
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
 
 
 class AsyncVigilClient:
@@ -41,7 +43,10 @@ class AsyncVigilClient:
         self._verdicts = auth_pb2_grpc.VerdictsStub(self._channel)
 
     async def _call(
-        self, method: Callable[..., Awaitable[Any]], request: Any, convert: Callable[[Any], T]
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Request, Reply],
+        request: Request,
+        convert: Callable[[Reply], T],
     ) -> T:
         try:
             return convert(await method(request, timeout=self.timeout, metadata=self._metadata))

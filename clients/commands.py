@@ -111,7 +111,7 @@ def connection_of(args: argparse.Namespace) -> Connection:
     )
 
 
-def add_client_commands(subparsers: Any) -> None:
+def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, (help_text, handler) in COMMANDS.items():
         parser = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == "verify":

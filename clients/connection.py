@@ -6,13 +6,17 @@ Shared by the blocking and the asyncio clients and by the command line.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import grpc
 
 from vigil.client._requests import CHANNEL_OPTIONS
+
+Request = TypeVar("Request")
+Call = TypeVar("Call")
 
 
 @dataclass(frozen=True)
@@ -31,18 +35,32 @@ class Connection:
     tls_key: Path | None = None
 
     @classmethod
-    def from_env(cls, target: str | None = None, **overrides: Any) -> Connection:
+    def from_env(
+        cls,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        access_token: str | None = None,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> Connection:
+        """Each value given (not None) wins over its environment variable."""
         env = os.environ
-        values: dict[str, Any] = {
-            "target": target or env.get("VIGIL_SERVER", "localhost:50051"),
-            "api_key": env.get("VIGIL_API_KEY") or None,
-            "access_token": env.get("VIGIL_ACCESS_TOKEN") or None,
-            "tls_ca": Path(env["VIGIL_TLS_CA"]) if env.get("VIGIL_TLS_CA") else None,
-            "tls_cert": Path(env["VIGIL_TLS_CERT"]) if env.get("VIGIL_TLS_CERT") else None,
-            "tls_key": Path(env["VIGIL_TLS_KEY"]) if env.get("VIGIL_TLS_KEY") else None,
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+
+        def path(name: str) -> Path | None:
+            return Path(env[name]) if env.get(name) else None
+
+        return cls(
+            target=target or env.get("VIGIL_SERVER", "localhost:50051"),
+            api_key=api_key if api_key is not None else env.get("VIGIL_API_KEY") or None,
+            access_token=(
+                access_token if access_token is not None else env.get("VIGIL_ACCESS_TOKEN") or None
+            ),
+            tls_ca=tls_ca if tls_ca is not None else path("VIGIL_TLS_CA"),
+            tls_cert=tls_cert if tls_cert is not None else path("VIGIL_TLS_CERT"),
+            tls_key=tls_key if tls_key is not None else path("VIGIL_TLS_KEY"),
+        )
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -74,6 +92,18 @@ class Connection:
         return grpc.aio.secure_channel(self.target, credentials, options=CHANNEL_OPTIONS)
 
 
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    """A call's details, as ``_Metadata`` passes them on (grpc reads these six attributes)."""
+
+    method: str
+    timeout: float | None
+    metadata: tuple[tuple[str, str | bytes], ...] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
 class _Metadata(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
@@ -85,21 +115,48 @@ class _Metadata(
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.metadata = metadata
 
-    def _details(self, details: Any) -> Any:
-        merged = tuple(details.metadata or ()) + self.metadata
-        return details._replace(metadata=merged)
+    def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
+        return _CallDetails(
+            method=details.method,
+            timeout=details.timeout,
+            metadata=tuple(details.metadata or ()) + self.metadata,
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+            compression=details.compression,
+        )
 
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
+    # Each passes on what the continuation returns (a call future, or a call iterator).
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Request], Call],
+        client_call_details: grpc.ClientCallDetails,
+        request: Request,
+    ) -> Call:
+        return continuation(self._details(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._details(details), request)
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Request], Call],
+        client_call_details: grpc.ClientCallDetails,
+        request: Request,
+    ) -> Call:
+        return continuation(self._details(client_call_details), request)
 
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
+    def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Iterator[Request]], Call],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Iterator[Request],
+    ) -> Call:
+        return continuation(self._details(client_call_details), request_iterator)
 
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._details(details), requests)
+    def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Iterator[Request]], Call],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Iterator[Request],
+    ) -> Call:
+        return continuation(self._details(client_call_details), request_iterator)
 
 
 def authenticated_channel(connection: Connection) -> grpc.Channel:

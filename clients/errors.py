@@ -42,5 +42,7 @@ def _reason(error: grpc.RpcError) -> str | None:
         for detail in status_pb2.Status.FromString(value).details:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
-                return info.reason
+                # googleapis-common-protos has stubs but no py.typed: mypy reads it as untyped.
+                reason: str = info.reason
+                return reason
     return None

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import base64
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# Face is defined in faces (video_results uses it too) and is part of this module's API.
+from vigil.client.faces import Face as Face
+from vigil.client.video_results import VideoDetail, video_detail
 from vigil.v1 import common_pb2, instant_pb2
 
 if TYPE_CHECKING:
-    from vigil.client.video_results import VideoDetail
-
-
-@dataclass(frozen=True)
-class Face:
-    box: tuple[float, float, float, float]
-    landmarks: list[tuple[float, float]]
-    detection_score: float
-
-    @classmethod
-    def from_proto(cls, face: common_pb2.Face) -> Face:
-        b = face.box
-        return cls(
-            box=(b.x, b.y, b.width, b.height),
-            landmarks=[(p.x, p.y) for p in face.landmarks],
-            detection_score=face.detection_score,
-        )
+    from _typeshed import DataclassInstance
 
 
 @dataclass(frozen=True)
@@ -80,8 +68,6 @@ class LivenessResult:
 
     @classmethod
     def from_proto(cls, reply: instant_pb2.LivenessResponse) -> LivenessResult:
-        from vigil.client.video_results import video_detail  # imports this module
-
         return cls(
             live=reply.live,
             score=reply.score,
@@ -132,18 +118,17 @@ class VerifyResult:
         )
 
 
-def as_json(result: Any) -> dict[str, Any]:
+def _jsonable(value: object) -> object:
+    """``value`` with bytes (a best shot's JPEG) as base64, in dicts and lists too."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def as_json(result: DataclassInstance) -> dict[str, Any]:
     """A result as a JSON-ready dict (what ``vigil ... --json`` prints)."""
-    import base64
-    from dataclasses import asdict
-
-    def safe(value: Any) -> Any:  # bytes (a best shot's JPEG) as base64
-        if isinstance(value, bytes):
-            return base64.b64encode(value).decode()
-        if isinstance(value, dict):
-            return {k: safe(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [safe(v) for v in value]
-        return value
-
-    return safe(asdict(result))
+    return {name: _jsonable(value) for name, value in asdict(result).items()}

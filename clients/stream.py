@@ -1,13 +1,15 @@
 """``vigil stream FILE``: play a video file into the live stream at its native frame rate and
 print the updates; and ``play_video``, the frame source it uses (also for tests and benchmarks).
 
-Decoding the file needs PyAV (``pip install av``); the frames go out as JPEG, upright (the
-file's rotation applied), each stamped with the moment it was sent, like a camera would.
+Decoding the file needs PyAV and OpenCV, the ``stream`` extra of vigil-client (``pip install
+'vigil-client[stream]'``); the frames go out as JPEG, upright (the file's rotation applied), each
+stamped with the moment it was sent, like a camera would.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -21,44 +23,47 @@ from vigil.client.results import as_json
 from vigil.client.sync import VigilClient
 
 _ROTATE = {90: 0, 180: 1, 270: 2}  # clockwise degrees → cv2.ROTATE_* codes
-
-
-def _av() -> Any:
-    try:
-        import av
-    except ImportError:
-        raise SystemExit("vigil stream needs PyAV to read video files: pip install av") from None
-    return av
+INSTALL_HINT = (
+    "vigil stream needs PyAV and OpenCV to read video files; install the stream extra: "
+    "pip install 'vigil-client[stream]'"
+)
 
 
 def play_video(
     source: str | Path | bytes, realtime: bool = True, quality: int = 90
 ) -> Iterator[tuple[bytes, float]]:
-    """(JPEG, capture time in ms) for each frame of the video, paced at its native rate."""
-    import io
+    """(JPEG, capture time in ms) for each frame of the video, paced at its native rate.
 
-    import cv2
+    Raises ImportError (naming the extra to install) without PyAV or OpenCV, when called rather
+    than at the first frame; the file is opened at the first frame.
+    """
+    try:  # the optional `stream` extra, not dependencies of vigil-client
+        import av
+        import cv2
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
 
-    av = _av()
-    opened = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    with av.open(opened) as container:
-        stream = container.streams.video[0]
-        started = time.monotonic()
-        first: float | None = None
-        for frame in container.decode(stream):
-            t = float(frame.time or 0.0)
-            first = t if first is None else first
-            if realtime:
-                wait = started + (t - first) - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-            bgr = frame.to_ndarray(format="bgr24")
-            clockwise = round(-float(frame.rotation or 0.0) / 90.0) % 4 * 90
-            if clockwise:
-                bgr = cv2.rotate(bgr, _ROTATE[clockwise])
-            ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok:
-                yield jpeg.tobytes(), time.monotonic() * 1000.0
+    def frames() -> Iterator[tuple[bytes, float]]:
+        opened = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+        with av.open(opened, "r") as container:
+            stream = container.streams.video[0]
+            started = time.monotonic()
+            first: float | None = None
+            for frame in container.decode(stream):
+                t = float(frame.time or 0.0)
+                first = t if first is None else first
+                if realtime:
+                    wait = started + (t - first) - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                bgr = frame.to_ndarray(format="bgr24")
+                clockwise = round(-float(frame.rotation or 0.0) / 90.0) % 4 * 90
+                upright = cv2.rotate(bgr, _ROTATE[clockwise]) if clockwise else bgr
+                ok, jpeg = cv2.imencode(".jpg", upright, [cv2.IMWRITE_JPEG_QUALITY, quality])
+                if ok:
+                    yield jpeg.tobytes(), time.monotonic() * 1000.0
+
+    return frames()
 
 
 def _line(update: dict[str, Any]) -> str:
@@ -78,12 +83,17 @@ def _line(update: dict[str, Any]) -> str:
 
 def run_stream(args: argparse.Namespace) -> int:
     path = Path(args.file)
+    try:
+        frames = play_video(path)
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not path.is_file():
         print(f"error: cannot read {path}", file=sys.stderr)
         return 2
     try:
         with VigilClient(timeout=args.timeout, connection=connection_of(args)) as client:
-            for update in client.stream_liveness(play_video(path), args.camera, args.device):
+            for update in client.stream_liveness(frames, args.camera, args.device):
                 result = as_json(update)
                 if args.json:
                     print(json.dumps(result), flush=True)
@@ -95,7 +105,7 @@ def run_stream(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_stream_command(subparsers: Any) -> None:
+def add_stream_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     help_text = "play a video file into the live stream and print the updates"
     parser = subparsers.add_parser("stream", help=help_text, description=help_text)
     parser.add_argument("file", metavar="FILE")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -15,6 +15,8 @@ from vigil.client.video_results import StreamUpdate
 from vigil.v1 import auth_pb2, auth_pb2_grpc, instant_pb2, instant_pb2_grpc
 
 T = TypeVar("T")
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
 
 
 class VigilClient:
@@ -40,7 +42,12 @@ class VigilClient:
         self._stub = instant_pb2_grpc.InstantStub(self._channel)
         self._verdicts = auth_pb2_grpc.VerdictsStub(self._channel)
 
-    def _call(self, method: Callable[..., Any], request: Any, convert: Callable[[Any], T]) -> T:
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[Request, Reply],
+        request: Request,
+        convert: Callable[[Reply], T],
+    ) -> T:
         try:
             return convert(method(request, timeout=self.timeout, metadata=self._metadata))
         except grpc.RpcError as error:

@@ -9,7 +9,7 @@ A backend that receives a verdict token from a browser checks it here, with no c
 The token is a JWS compact token signed with Ed25519 (``alg`` EdDSA). Only EdDSA is accepted,
 whatever the token's header says; the key is the JWK whose ``kid`` the header names; the issuer
 must be ``vigil`` and the ``typ`` claim ``verdict`` (an access token signed by the same key is not a
-verdict). Needs PyJWT and cryptography: ``pip install 'vigil[verify]'``.
+verdict). Needs PyJWT and cryptography, dependencies of vigil-client (``PyJWT[crypto]``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ ISSUER = "vigil"
 TOKEN_TYPE = "verdict"
 ALGORITHM = "EdDSA"
 INSTALL_HINT = (
-    "verifying verdicts needs PyJWT and cryptography; install the verify extra: "
-    "pip install 'vigil[verify]'"
+    "verifying verdicts needs PyJWT and cryptography, which vigil-client depends on; "
+    "install them: pip install 'PyJWT[crypto]>=2.10'"
 )
 
 
@@ -59,17 +59,6 @@ class Verdict:
     key_id: str = ""
 
 
-def _jwt() -> Any:
-    """PyJWT with its cryptography backend, or an ImportError naming the extra to install."""
-    try:
-        import jwt
-        from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: F401
-        from jwt.algorithms import OKPAlgorithm  # noqa: F401  (absent without cryptography)
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
-    return jwt
-
-
 def _keys(jwks: str | bytes | Mapping[str, Any]) -> list[Mapping[str, Any]]:
     if isinstance(jwks, str | bytes):
         try:
@@ -86,7 +75,8 @@ def _keys(jwks: str | bytes | Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return keys
 
 
-def _public_key(jwt: Any, jwks: str | bytes | Mapping[str, Any], kid: str) -> Any:
+def _public_jwk(jwks: str | bytes | Mapping[str, Any], kid: str) -> dict[str, Any]:
+    """The public half of the JWK named ``kid``, once it is checked to be an EdDSA signing key."""
     matching = [k for k in _keys(jwks) if k.get("kid") == kid]
     if not matching:
         raise VerdictError("UNKNOWN_KEY", f"no key with kid {kid!r} in the JWK set")
@@ -96,11 +86,7 @@ def _public_key(jwt: Any, jwks: str | bytes | Mapping[str, Any], kid: str) -> An
     if jwk.get("alg", ALGORITHM) != ALGORITHM or jwk.get("use", "sig") != "sig":
         raise VerdictError("BAD_JWKS", f"key {kid!r} is not an EdDSA signing key")
     jwk.pop("d", None)  # only ever the public half
-    try:
-        key = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
-    except jwt.PyJWTError as exc:
-        raise VerdictError("BAD_JWKS", f"key {kid!r} cannot be read ({exc})") from None
-    return key
+    return jwk
 
 
 def _text(claims: Mapping[str, Any], name: str, required: bool) -> str | None:
@@ -128,7 +114,12 @@ def verify_verdict(
     ``expected_transaction_id``, when given, must equal the token's. ``leeway_s`` allows for clock
     skew. Raises :class:`VerdictError` on any failure, and ImportError without PyJWT.
     """
-    jwt = _jwt()
+    try:  # PyJWT with its cryptography backend; an install without them gets the hint
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from jwt.algorithms import OKPAlgorithm  # noqa: F401  (absent without cryptography)
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
     if isinstance(token, bytes):
         token = token.decode("ascii", errors="replace")
     if not isinstance(token, str) or token.count(".") != 2:
@@ -144,7 +135,13 @@ def verify_verdict(
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise VerdictError("UNKNOWN_KEY", "the token names no key (kid)")
-    key = _public_key(jwt, jwks, kid)
+    jwk = _public_jwk(jwks, kid)
+    try:
+        key = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
+    except jwt.PyJWTError as exc:
+        raise VerdictError("BAD_JWKS", f"key {kid!r} cannot be read ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise VerdictError("BAD_JWKS", f"key {kid!r} is not an Ed25519 public key")
     try:
         claims = jwt.decode(
             token,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vigil.client.results import Face
+from vigil.client.faces import Face
 from vigil.v1 import instant_pb2, video_pb2
 
 
