@@ -49,12 +49,14 @@ def orl_templates(stub):  # type: ignore[no-untyped-def]
     return embeddings, labels
 
 
+@pytest.mark.slow
 def test_orl_every_image_yields_a_template(orl_templates) -> None:  # type: ignore[no-untyped-def]
     embeddings, _ = orl_templates
     assert embeddings.shape == (400, 128)
     assert np.all(np.isfinite(embeddings))
 
 
+@pytest.mark.slow
 def test_orl_verification_eer(orl_templates) -> None:  # type: ignore[no-untyped-def]
     embeddings, labels = orl_templates
     distances = np.linalg.norm(embeddings[:, None, :] - embeddings[None, :, :], axis=-1)
@@ -72,6 +74,7 @@ def test_orl_verification_eer(orl_templates) -> None:  # type: ignore[no-untyped
     assert (impostor < 0.6).mean() <= 0.03
 
 
+@pytest.mark.slow
 def test_orl_rank1_identification(orl_templates) -> None:  # type: ignore[no-untyped-def]
     embeddings, labels = orl_templates
     distances = np.linalg.norm(embeddings[:, None, :] - embeddings[None, :, :], axis=-1)
@@ -80,6 +83,7 @@ def test_orl_rank1_identification(orl_templates) -> None:  # type: ignore[no-unt
     assert (nearest == labels).mean() >= 0.99
 
 
+@pytest.mark.slow
 def test_orl_server_distance_equals_local_distance(stub, orl_templates) -> None:  # type: ignore[no-untyped-def]
     embeddings, _ = orl_templates
     a, b = embeddings[0], embeddings[15]
