@@ -61,8 +61,7 @@ def load_library() -> Any:
 
 def _rgb(data: bytes) -> np.ndarray:
     # Pillow comes with the bench extra (matplotlib's dependency), not with the dev tools, and
-    # pyproject's ignore_missing_imports list lacks PIL: an ignore until "PIL.*" is added there.
-    from PIL import Image, ImageOps  # type: ignore[import-not-found, unused-ignore]
+    from PIL import Image, ImageOps
 
     with Image.open(io.BytesIO(data)) as image:
         upright = ImageOps.exif_transpose(image).convert("RGB")

@@ -24,9 +24,10 @@ import onnxruntime as ort
 
 from vigil.inference import align
 from vigil.inference.catalog import DLIB_RESNET, MINIFASNET_V1SE, MINIFASNET_V2, YUNET, ModelSpec
+from vigil.inference.decisions import distance
 from vigil.inference.detector import decode, prepare, rescale
 from vigil.inference.media import ImageLimits, decode_image
-from vigil.inference.models import chips_to_tensor, ensemble_real_probability, euclidean
+from vigil.inference.models import chips_to_tensor, ensemble_real_probability
 from vigil.inference.types import Face
 
 LIMITS = ImageLimits()
@@ -102,7 +103,7 @@ class Models:
             embeddings = self.embed(subjects)
             if workload == "verify":
                 for i in range(0, len(embeddings), 2):
-                    euclidean(embeddings[i], embeddings[i + 1])
+                    distance(embeddings[i], embeddings[i + 1])
         return len(items)
 
 
@@ -207,7 +208,7 @@ def single_request_variants(
 
             def both_sides(item: Item, m: Models = models) -> float:
                 a, b = pool.map(lambda data: m.embed([m.detect(data)])[0], item)
-                return euclidean(a, b)
+                return distance(a, b)
 
             variants[f"sides in parallel, intra {threads}"] = both_sides
     return variants

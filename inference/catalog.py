@@ -39,14 +39,9 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     preprocessing: str
     thresholds: dict[str, float] = field(default_factory=dict)
-    #: Largest batch the batcher gathers for this model (1 turns batching off).
+    #: Largest batch a backend prepares for (TensorRT's optimisation profiles); the batcher's
+    #: own limits are settings (``VIGIL_MAX_BATCH_SIZE`` …).
     max_batch_size: int = 32
-    #: How long the batcher waits for a batch to fill once it holds one request. 0 is greedy:
-    #: take what is queued now; under load, requests pile up while a batch runs, so batches
-    #: form without adding latency at low load.
-    max_queue_delay_ms: float = 0.0
-    #: Requests that may wait in this model's queue before new ones are refused.
-    max_queue_size: int = 256
 
     @property
     def fixed_batch(self) -> bool:

@@ -71,7 +71,7 @@ class EngineConfig:
     min_face_px: float
     #: Every decision threshold (live, match), read by whoever decides.
     thresholds: Thresholds
-    #: Per model name: batcher settings; models not named use the catalog's values.
+    #: Per model name (every model of the catalog): its batcher's settings.
     batching: dict[str, BatcherConfig]
     #: Detector jobs (decode, YuNet, alignment) that may run at once; YuNet's batch is fixed at 1.
     detector_instances: int
@@ -81,8 +81,6 @@ class EngineConfig:
     #: Images the engine's callers may hold in it at once before new ones are refused (0: no
     #: limit); see :meth:`Engine.admission`.
     max_inflight_images: int
-    #: How long a per-face batch may wait for faces still being detected (catalog defaults).
-    batch_fill_wait_s: float
     detect_score_threshold: float = YUNET.thresholds["score"]
 
 
@@ -176,19 +174,6 @@ class Engine:
             except Exception:
                 log.warning("warming up %s failed", spec.ref, exc_info=True)
 
-    def _batcher_config(self, spec: ModelSpec) -> BatcherConfig:
-        if spec.name in self.config.batching:
-            return self.config.batching[spec.name]
-        if spec.fixed_batch:
-            return BatcherConfig(1, 0.0, spec.max_queue_size, self.config.detector_instances)
-        return BatcherConfig(
-            spec.max_batch_size,
-            spec.max_queue_delay_ms / 1000.0,
-            spec.max_queue_size,
-            1,
-            self.config.batch_fill_wait_s,
-        )
-
     def _detector_saturated(self) -> bool:
         """Every detector instance is busy (or more jobs wait): the engine is under load.
         Called from engine threads too, so it tolerates a stopping engine."""
@@ -216,7 +201,7 @@ class Engine:
             self.executor.shutdown(wait=True)  # the load has returned; leave no thread behind
             raise
         for spec in DEFAULT_MODELS:
-            config = self._batcher_config(spec)
+            config = self.config.batching[spec.name]
             if spec.name == YUNET.name:  # the detector's whole per-image job, one at a time
                 batcher = Batcher(
                     run_jobs, self.executor, replace(config, max_batch_size=1), spec.name

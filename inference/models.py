@@ -20,12 +20,3 @@ def ensemble_real_probability(per_model_logits: list[np.ndarray]) -> tuple[float
     """Mean real-class (class 1) probability over the ensemble, and each member's."""
     members = [float(softmax(logits)[1]) for logits in per_model_logits]
     return float(np.mean(members)), members
-
-
-def euclidean(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a.astype(np.float64) - b.astype(np.float64)))
-
-
-def similarity_from_distance(distance: float, threshold: float) -> float:
-    """Map a distance onto 0..1 so that the decision threshold lands at exactly 0.5."""
-    return float(min(1.0, max(0.0, 1.0 - distance / (2.0 * threshold))))

@@ -116,7 +116,6 @@ def engine_config(settings: Settings) -> EngineConfig:
         thresholds=thresholds(settings),
         batching=batching,
         detector_instances=settings.detector_instances,
-        batch_fill_wait_s=settings.batch_fill_wait_ms / 1000.0,
         max_inflight_images=settings.max_inflight_images,
         worker_nice=settings.worker_nice,
     )
