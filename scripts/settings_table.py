@@ -1,14 +1,13 @@
-"""Rewrites the configuration table in README.md from server/settings.py (`make docs`)."""
+"""Rewrites the configuration table in README.md from server/settings.py (`make docs`; it runs
+with the project's virtual environment, where vigil is installed)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
+from vigil.server.settings import Settings
 
-from vigil.server.settings import Settings  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 HEADER = "| variable | default | meaning |\n| --- | --- | --- |\n"
 

@@ -63,8 +63,9 @@ class Settings(BaseSettings):
     """How long a batch of a per-face model may wait for faces still being detected; a request
     alone in the server never waits (0: never wait)."""
     max_inflight_images: int = 128
-    """Images the Instant API may hold in the engine at once; beyond, calls get RESOURCE_EXHAUSTED
-    at once, before any decoding (0: no limit)."""
+    """Images the API's calls (Instant, Collections) may hold in the engine at once; beyond, calls
+    get RESOURCE_EXHAUSTED at once, before any decoding (0: no limit). Background analyses are
+    bounded by the analysis workers instead."""
     worker_nice: int = 5
     """Nice value of the engine's threads, so the event loop that receives, refuses and answers
     calls keeps the CPU it needs under overload (0: same priority)."""
