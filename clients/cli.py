@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from vigil.client.admin_cli import add_admin_commands
@@ -17,6 +18,9 @@ from vigil.client.commands import add_client_commands
 from vigil.client.stream import add_stream_command
 
 PLUGIN_GROUP = "vigil.commands"
+#: What a plugin's entry point is: it adds its commands to the top level and to `vigil admin`.
+Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+AddCommands = Callable[[Subcommands, Subcommands], None]
 #: Commands the server distribution provides; named here only to say what to install.
 SERVER_COMMANDS = ("serve", "worker", "models", "bench")
 
@@ -31,7 +35,8 @@ def _parser() -> tuple[argparse.ArgumentParser, set[str]]:
         dest="admin_command", required=True
     )
     for plugin in entry_points(group=PLUGIN_GROUP):
-        plugin.load()(sub, admin)
+        add_commands: AddCommands = plugin.load()
+        add_commands(sub, admin)
     add_admin_commands(admin)
     add_client_commands(sub)
     add_stream_command(sub)

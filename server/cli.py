@@ -13,8 +13,8 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
+from vigil.client.cli import Subcommands
 from vigil.client.cli import main as main
 from vigil.inference import catalog
 from vigil.inference.errors import VigilError
@@ -130,7 +130,7 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call(command, cwd=root)
 
 
-def add_commands(sub: Any, admin: Any) -> None:
+def add_commands(sub: Subcommands, admin: Subcommands) -> None:
     """Registers the server's commands (the ``vigil.commands`` entry point)."""
     serve = sub.add_parser("serve", help="start the gRPC server")
     serve.add_argument("--port", type=int, help="gRPC port (default 50051, VIGIL_PORT)")

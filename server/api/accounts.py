@@ -9,8 +9,9 @@ from sqlmodel import Session
 
 from vigil.inference.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from vigil.server.api import accounts_converters as conv
-from vigil.server.api.converters import Context, timestamp
+from vigil.server.api.converters import timestamp
 from vigil.server.api.folders_converters import analysis_message
+from vigil.server.rpc import Context
 from vigil.server.security.permissions import GRANTABLE_BY_CLIENT_ADMIN
 from vigil.server.security.principal import Principal, acting_company, current_principal
 from vigil.server.security.state import Security

@@ -10,8 +10,8 @@ from vigil.inference.errors import InvalidArgument
 from vigil.inference.types import Subject
 from vigil.server.api import collections_converters as cc
 from vigil.server.api import converters as conv
-from vigil.server.api.converters import Context
 from vigil.server.context import AppContext
+from vigil.server.rpc import Context
 from vigil.server.security.principal import acting_company
 from vigil.storage import collections as repo
 from vigil.storage import folders

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
 
-import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -14,11 +12,9 @@ from vigil.inference.catalog import ModelSpec
 from vigil.inference.errors import InvalidArgument
 from vigil.inference.media import DecodedImage
 from vigil.inference.types import Face, Subject, Timings
+from vigil.server.rpc import Context
 from vigil.storage.results import FaceRecord
 from vigil.v1 import common_pb2, instant_pb2
-
-#: The servicer context of a call (the handler's own signature names its request and response).
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def require_media(media: common_pb2.Media, field: str) -> bytes:

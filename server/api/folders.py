@@ -8,11 +8,12 @@ from sqlmodel import Session
 
 from vigil.inference.errors import InvalidArgument
 from vigil.server.api import folders_converters as conv
-from vigil.server.api.converters import Context, moment
+from vigil.server.api.converters import moment
 from vigil.server.api.folder_views import folder_details, watch
 from vigil.server.api.media_upload import receive_media
 from vigil.server.api.submit import submit
 from vigil.server.context import AppContext
+from vigil.server.rpc import Context
 from vigil.server.security.principal import acting_company
 from vigil.storage import analyses, folders
 from vigil.storage.folders import FolderQuery

@@ -15,9 +15,9 @@ from vigil.inference.errors import InvalidArgument, VigilError
 from vigil.inference.types import Subject, Timings
 from vigil.server import __version__
 from vigil.server.api import converters as conv
-from vigil.server.api.converters import Context
 from vigil.server.api.stream_liveness import stream_liveness
 from vigil.server.api.video_converters import video_liveness_response
+from vigil.server.rpc import Context
 from vigil.server.settings import Settings
 from vigil.server.video import capture_of, is_video, stream_config, video_liveness
 from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc, video_pb2

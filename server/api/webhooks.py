@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from vigil.server.api.converters import Context
 from vigil.server.api.webhooks_converters import delivery_message, webhook_message
 from vigil.server.context import AppContext
+from vigil.server.rpc import Context
 from vigil.server.security.principal import acting_company
 from vigil.server.webhook_signing import check_target
 from vigil.storage import webhooks
