@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from typing import TypeAlias
 
 from vigil.client.admin_cli import add_admin_commands
 from vigil.client.commands import add_client_commands
@@ -19,8 +20,9 @@ from vigil.client.stream import add_stream_command
 
 PLUGIN_GROUP = "vigil.commands"
 #: What a plugin's entry point is: it adds its commands to the top level and to `vigil admin`.
-Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
-AddCommands = Callable[[Subcommands, Subcommands], None]
+# (argparse's subparsers action is generic only in its type stubs: the alias is a string.)
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+AddCommands: TypeAlias = Callable[[Subcommands, Subcommands], None]
 #: Commands the server distribution provides; named here only to say what to install.
 SERVER_COMMANDS = ("serve", "worker", "models", "bench")
 
