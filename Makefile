@@ -50,6 +50,7 @@ bench: models  ## the benchmark harness (takes minutes); ARGS="--quick" for a sm
 	$(BIN)/vigil bench $(ARGS)
 
 wheels: setup  ## build the two wheels (vigil-client and vigil) into dist/
+	rm -rf build clients/build  # setuptools reuses build/lib: a deleted module would stay in the wheel
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist clients
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist .
 
