@@ -7,8 +7,9 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
@@ -16,6 +17,18 @@ import pytest
 from vigil.inference import catalog
 from vigil.server.settings import Settings
 from vigil.v1 import instant_pb2_grpc
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.rows import TupleRow
+    from sqlmodel import Session
+
+    from vigil.server.app import VigilServer
+
+T = TypeVar("T")
+
+#: Call metadata, as the ``company`` fixture gives it.
+Metadata = tuple[tuple[str, str], ...]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("VIGIL_SHARED_DIR", ROOT.parent / "shared"))
@@ -44,7 +57,8 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        self.running = None
+        #: The started server; None until ``start`` succeeds (``vigil`` asserts it is there).
+        self.running: VigilServer | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -72,9 +86,9 @@ class ServerThread:
         """A fresh API key of ``role`` in ``company`` (created if needed), made in the database."""
         from vigil.storage import credentials, folders
 
-        app = self.running.app
+        app = self.vigil.app
 
-        def work(session):  # type: ignore[no-untyped-def]
+        def work(session: Session) -> str:
             company_id = folders.ensure_company(company, session=session).id
             _, key = credentials.create_api_key(
                 f"test {role}",
@@ -96,13 +110,22 @@ class ServerThread:
         return authenticated_channel(Connection(self.address, api_key=key or self.admin_key))
 
     @property
-    def address(self) -> str:
-        assert self.running is not None
-        return f"127.0.0.1:{self.running.port}"
+    def vigil(self) -> VigilServer:
+        """The started server (fails the test if ``start`` has not succeeded)."""
+        assert self.running is not None, "the server is not started"
+        return self.running
 
-    def call(self, coro_factory):  # type: ignore[no-untyped-def]
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.vigil.port}"
+
+    def call(self, coro_factory: Callable[[], Awaitable[T]]) -> T:
         """Run a coroutine on the server's loop and wait for it."""
-        return asyncio.run_coroutine_threadsafe(coro_factory(), self.loop).result(60)
+
+        async def run() -> T:
+            return await coro_factory()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(60)
 
     def stop(self) -> None:
         if self.running is not None:
@@ -113,7 +136,8 @@ class ServerThread:
 
 
 def make_settings(models_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
+    # Any: the overrides are values of any of the settings' fields, checked by pydantic.
+    values: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": 0,
         "metrics_port": 0,
@@ -126,7 +150,7 @@ def make_settings(models_dir: Path, **overrides: object) -> Settings:
         "auth_max_failures": 100_000,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)
 
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -134,7 +158,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
-def _postgres_admin():  # type: ignore[no-untyped-def]
+def _postgres_admin() -> psycopg.Connection[TupleRow]:
     import psycopg
 
     try:
@@ -168,7 +192,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.db'}"
         return
-    base_url = request.getfixturevalue("postgres_database")
+    base_url: str = request.getfixturevalue("postgres_database")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     import psycopg
 
@@ -210,11 +234,14 @@ def postgres_server(
 @pytest.fixture(params=["sqlite", "postgresql"])
 def api_server(request: pytest.FixtureRequest) -> ServerThread:
     """The full server, once on each database. Tests isolate themselves by company."""
-    return request.getfixturevalue("server" if request.param == "sqlite" else "postgres_server")
+    running: ServerThread = request.getfixturevalue(
+        "server" if request.param == "sqlite" else "postgres_server"
+    )
+    return running
 
 
 @pytest.fixture
-def company() -> tuple[tuple[str, str], ...]:
+def company() -> Metadata:
     """Call metadata naming a company of this test's own, so tests never see each other's rows.
 
     The channels carry an ADMIN key, and an ADMIN may act in any company by naming it.

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import pytest
@@ -16,15 +15,12 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.conftest import FACES, ServerThread, make_settings, read
-from vigil.server.app import VigilServer
 from vigil.server.security.auth import Authenticator
 from vigil.storage import analyses as analyses_repo
 from vigil.storage import credentials
 from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2, folders_pb2_grpc
 
 PASSWORD = "correct horse battery staple"
-
-T = TypeVar("T")
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:
@@ -34,22 +30,6 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
         code: grpc.StatusCode = error.code()
         return code
     return grpc.StatusCode.OK
-
-
-def running(server: ServerThread) -> VigilServer:
-    """The started server (tests/conftest.py types ``ServerThread.running`` as None)."""
-    started: object = server.running
-    assert isinstance(started, VigilServer)
-    return started
-
-
-def on_server_loop(server: ServerThread, work: Callable[[], Awaitable[T]]) -> T:
-    """``server.call``, typed: run a coroutine on the server's loop and wait for its result."""
-
-    async def run() -> T:
-        return await work()
-
-    return asyncio.run_coroutine_threadsafe(run(), server.loop).result(60)
 
 
 class FakeClock:
@@ -71,7 +51,7 @@ def frozen_clock(server: ServerThread) -> Iterator[FakeClock]:
     """For the ``with`` block, the server's credential cache, lockout and rate limits follow a
     fake clock, started at the real one's time; the real clock (and an empty cache, whose entries
     were stamped with fake times) come back after."""
-    security = running(server).security
+    security = server.vigil.security
     assert security is not None
     authenticator = security.authenticator
     real = authenticator.clock
@@ -217,9 +197,8 @@ def test_an_operator_resolves_a_grey_zone_analysis_and_it_is_audited(
         )
         assert final.resolution == folders_pb2.RESOLUTION_SUCCESS
     company_id = company_id_of(api_server, company)
-    app = running(api_server).app
-    row = on_server_loop(
-        api_server,
+    app = api_server.vigil.app
+    row = api_server.call(
         lambda: app.db(
             lambda s: analyses_repo.get_analysis(analysis.id, company_id=company_id, session=s)
         ),
@@ -228,9 +207,7 @@ def test_an_operator_resolves_a_grey_zone_analysis_and_it_is_audited(
     assert row.decided_at is not None
     assert row.decision_comment == "same man"
     # Audit events are written just after each call: wait for the writes still running.
-    on_server_loop(
-        api_server, lambda: asyncio.gather(*app.background_writes, return_exceptions=True)
-    )
+    api_server.call(lambda: asyncio.gather(*app.background_writes, return_exceptions=True))
     with api_server.channel(api_server.new_key("CLIENT_ADMIN", company=company)) as channel:
         events = (
             auth_pb2_grpc.AdminStub(channel)
@@ -245,10 +222,8 @@ def test_an_operator_resolves_a_grey_zone_analysis_and_it_is_audited(
 
 
 def company_id_of(server: ServerThread, name: str) -> str:
-    app = running(server).app
-    return on_server_loop(
-        server, lambda: app.db(lambda s: credentials.company_by_name(name, session=s).id)
-    )
+    app = server.vigil.app
+    return server.call(lambda: app.db(lambda s: credentials.company_by_name(name, session=s).id))
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,19 @@ served engine to reach the raw model's accuracy (EER ≤ 1.5 %).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import ORL, read
-from vigil.v1 import common_pb2, instant_pb2
+from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 IMPOSTOR_SAMPLE = 20_000
 SEED = 20261122
+
+#: The 400 ORL templates (400×128) and each one's person (0–39).
+Templates = tuple[np.ndarray, np.ndarray]
 
 
 def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
@@ -36,10 +40,10 @@ def test_equal_error_rate_of_a_known_split() -> None:
 
 
 @pytest.fixture(scope="module")
-def orl_templates(stub):  # type: ignore[no-untyped-def]
+def orl_templates(stub: instant_pb2_grpc.InstantStub) -> Templates:
     paths = [ORL / f"s{person}" / f"{shot}.pgm" for person in range(1, 41) for shot in range(1, 11)]
 
-    def extract(path):  # type: ignore[no-untyped-def]
+    def extract(path: Path) -> np.ndarray:
         request = instant_pb2.TemplateRequest(image=common_pb2.Media(data=read(path)))
         return np.asarray(stub.ExtractTemplate(request, timeout=60).template.values, np.float32)
 
@@ -50,14 +54,14 @@ def orl_templates(stub):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_orl_every_image_yields_a_template(orl_templates) -> None:  # type: ignore[no-untyped-def]
+def test_orl_every_image_yields_a_template(orl_templates: Templates) -> None:
     embeddings, _ = orl_templates
     assert embeddings.shape == (400, 128)
     assert np.all(np.isfinite(embeddings))
 
 
 @pytest.mark.slow
-def test_orl_verification_eer(orl_templates) -> None:  # type: ignore[no-untyped-def]
+def test_orl_verification_eer(orl_templates: Templates) -> None:
     embeddings, labels = orl_templates
     distances = np.linalg.norm(embeddings[:, None, :] - embeddings[None, :, :], axis=-1)
     upper_i, upper_j = np.triu_indices(len(labels), k=1)
@@ -75,7 +79,7 @@ def test_orl_verification_eer(orl_templates) -> None:  # type: ignore[no-untyped
 
 
 @pytest.mark.slow
-def test_orl_rank1_identification(orl_templates) -> None:  # type: ignore[no-untyped-def]
+def test_orl_rank1_identification(orl_templates: Templates) -> None:
     embeddings, labels = orl_templates
     distances = np.linalg.norm(embeddings[:, None, :] - embeddings[None, :, :], axis=-1)
     np.fill_diagonal(distances, np.inf)
@@ -84,7 +88,9 @@ def test_orl_rank1_identification(orl_templates) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.slow
-def test_orl_server_distance_equals_local_distance(stub, orl_templates) -> None:  # type: ignore[no-untyped-def]
+def test_orl_server_distance_equals_local_distance(
+    stub: instant_pb2_grpc.InstantStub, orl_templates: Templates
+) -> None:
     embeddings, _ = orl_templates
     a, b = embeddings[0], embeddings[15]
     reply = stub.Verify(

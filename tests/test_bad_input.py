@@ -8,12 +8,15 @@ import random
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
 
 import cv2
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -24,6 +27,9 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 STRICT = common_pb2.SUBJECT_POLICY_REQUIRE_SINGLE
 SMALL_LIMIT = 150_000  # bytes, for the second server
+
+#: A unary RPC of a stub, called as ``rpc(request, timeout=...)``.
+Rpc = Callable[..., object]
 
 
 def encode(image: np.ndarray, ext: str) -> bytes:
@@ -81,18 +87,26 @@ def heic() -> bytes:
 
 
 def reason_of(error: grpc.RpcError) -> str | None:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     if status is None:
         return None
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
             assert info.domain == "vigil.v1"
-            return info.reason
+            reason: str = info.reason
+            return reason
     return None
 
 
-def expect_error(stub, call, request, code, *words, reason=None) -> grpc.RpcError:
+def expect_error(
+    stub: instant_pb2_grpc.InstantStub,
+    call: Rpc,
+    request: Message,
+    code: grpc.StatusCode,
+    *words: str,
+    reason: str | None = None,
+) -> grpc.RpcError:
     """``call(request)`` fails with ``code``, its message holds ``words``, and then a good call on
     the same server still succeeds."""
     with pytest.raises(grpc.RpcError) as caught:
@@ -109,12 +123,27 @@ def expect_error(stub, call, request, code, *words, reason=None) -> grpc.RpcErro
     return error
 
 
+class Fails(Protocol):
+    """``expect_error`` bound to the session's stub."""
+
+    def __call__(
+        self,
+        call: Rpc,
+        request: Message,
+        code: grpc.StatusCode,
+        *words: str,
+        reason: str | None = None,
+    ) -> grpc.RpcError: ...
+
+
 @pytest.fixture
-def fails(stub):
+def fails(stub: instant_pb2_grpc.InstantStub) -> Fails:
     return functools.partial(expect_error, stub)
 
 
-def image_calls(stub):
+def image_calls(
+    stub: instant_pb2_grpc.InstantStub,
+) -> dict[str, tuple[Rpc, Callable[[common_pb2.Media], Message]]]:
     """(rpc, request factory) for each single-image RPC."""
     return {
         "Detect": (stub.Detect, lambda m: instant_pb2.DetectRequest(image=m)),
@@ -124,7 +153,8 @@ def image_calls(stub):
 
 
 MEDIA, UNSUPPORTED = "INVALID_MEDIA", "UNSUPPORTED_MEDIA_TYPE"
-BAD_MEDIA = {  # name: (bytes, words the message must hold, ErrorInfo reason)
+# name: (bytes, words the message must hold, ErrorInfo reason)
+BAD_MEDIA: dict[str, tuple[Callable[[], bytes], tuple[str, ...], str]] = {
     "empty": (lambda: b"", ("image.data is required", "empty"), "INVALID_ARGUMENT"),
     "random": (lambda: random.Random(7).randbytes(4096), ("no known image format",), MEDIA),
     "text": (lambda: b"I am not a picture\n" * 10, ("no known image format",), MEDIA),
@@ -138,14 +168,18 @@ BAD_MEDIA = {  # name: (bytes, words the message must hold, ErrorInfo reason)
 
 @pytest.mark.parametrize("rpc", ["Detect", "CheckLiveness", "ExtractTemplate"])
 @pytest.mark.parametrize("case", list(BAD_MEDIA))
-def test_bad_media_is_invalid_argument(stub, fails, case, rpc) -> None:
+def test_bad_media_is_invalid_argument(
+    stub: instant_pb2_grpc.InstantStub, fails: Fails, case: str, rpc: str
+) -> None:
     make, words, reason = BAD_MEDIA[case]
     call, request = image_calls(stub)[rpc]
     fails(call, request(common_pb2.Media(data=make())), INVALID, *words, reason=reason)
 
 
 @pytest.mark.parametrize("make", [png_declaring, jpeg_declaring], ids=["png", "jpeg"])
-def test_decompression_bomb_is_refused_from_its_header(stub, fails, make) -> None:
+def test_decompression_bomb_is_refused_from_its_header(
+    stub: instant_pb2_grpc.InstantStub, fails: Fails, make: Callable[[int, int], bytes]
+) -> None:
     data = make(30_000, 30_000)
     assert len(data) < 5_000
     started = time.perf_counter()
@@ -154,35 +188,39 @@ def test_decompression_bomb_is_refused_from_its_header(stub, fails, make) -> Non
     assert time.perf_counter() - started < 3.0  # 900 Mpx never decoded
 
 
-def test_missing_image_field(stub, fails) -> None:
+def test_missing_image_field(stub: instant_pb2_grpc.InstantStub, fails: Fails) -> None:
     fails(stub.CheckLiveness, instant_pb2.LivenessRequest(), INVALID, "image.data is required")
     fails(stub.Detect, instant_pb2.DetectRequest(), INVALID, "image.data is required")
 
 
-def test_unknown_subject_policy(stub, fails) -> None:
-    request = instant_pb2.LivenessRequest(image=common_pb2.Media(data=GOOD), subject_policy=7)
+def test_unknown_subject_policy(stub: instant_pb2_grpc.InstantStub, fails: Fails) -> None:
+    unknown = common_pb2.SubjectPolicy.ValueType(7)
+    request = instant_pb2.LivenessRequest(image=common_pb2.Media(data=GOOD), subject_policy=unknown)
     fails(stub.CheckLiveness, request, INVALID, "subject_policy 7", "SUBJECT_POLICY_REQUIRE_SINGLE")
 
 
 @pytest.mark.parametrize(
     "make", [lambda: encode(GRADIENT, ".png"), background], ids=["gradient", "background"]
 )
-def test_image_without_face(stub, fails, make) -> None:
+def test_image_without_face(
+    stub: instant_pb2_grpc.InstantStub, fails: Fails, make: Callable[[], bytes]
+) -> None:
     media = common_pb2.Media(data=make())
     assert len(stub.Detect(instant_pb2.DetectRequest(image=media)).faces) == 0  # not an error
     for call, request in list(image_calls(stub).values())[1:]:
         fails(call, request(media), PRECONDITION, "no face found", reason="NO_FACE")
 
 
-def test_two_faces(stub, fails) -> None:
+def test_two_faces(stub: instant_pb2_grpc.InstantStub, fails: Fails) -> None:
     media = common_pb2.Media(data=two_faces())
     detected = stub.Detect(instant_pb2.DetectRequest(image=media)).faces
     assert len(detected) == 2
     strict = STRICT
-    for call, request in [
+    cases: list[tuple[Rpc, Message]] = [
         (stub.CheckLiveness, instant_pb2.LivenessRequest(image=media, subject_policy=strict)),
         (stub.ExtractTemplate, instant_pb2.TemplateRequest(image=media, subject_policy=strict)),
-    ]:
+    ]
+    for call, request in cases:
         fails(call, request, PRECONDITION, "2 faces", "exactly one", reason="MULTIPLE_FACES")
     reply = stub.CheckLiveness(instant_pb2.LivenessRequest(image=media))
     assert reply.face_count == 2
@@ -198,18 +236,20 @@ def side(data: bytes) -> instant_pb2.FaceInput:
     return instant_pb2.FaceInput(image=common_pb2.Media(data=data))
 
 
-def template_side(values, model: str = "dlib-resnet", version: str = "v1") -> instant_pb2.FaceInput:
+def template_side(
+    values: list[float], model: str = "dlib-resnet", version: str = "v1"
+) -> instant_pb2.FaceInput:
     return instant_pb2.FaceInput(
         template=common_pb2.Template(values=values, model=model, model_version=version)
     )
 
 
-def test_verify_says_which_side_failed(stub, fails) -> None:
+def test_verify_says_which_side_failed(stub: instant_pb2_grpc.InstantStub, fails: Fails) -> None:
     faceless = encode(GRADIENT, ".png")
     for a, b, prefix in [(GOOD, faceless, "b.image:"), (faceless, GOOD, "a.image:")]:
         request = instant_pb2.VerifyRequest(a=side(a), b=side(b))
         error = fails(stub.Verify, request, PRECONDITION, "no face found", reason="NO_FACE")
-        assert error.details().startswith(prefix)
+        assert (error.details() or "").startswith(prefix)
     truncated = read(FACES / "obama.jpg")[:100_000]
     request = instant_pb2.VerifyRequest(a=side(truncated), b=side(GOOD))
     error = fails(
@@ -219,10 +259,10 @@ def test_verify_says_which_side_failed(stub, fails) -> None:
     fails(stub.Verify, request, INVALID, "b.image.data is required")
     strict = instant_pb2.VerifyRequest(a=side(GOOD), b=side(two_faces()), subject_policy=STRICT)
     error = fails(stub.Verify, strict, PRECONDITION, "2 faces", reason="MULTIPLE_FACES")
-    assert error.details().startswith("b.image:")
+    assert (error.details() or "").startswith("b.image:")
 
 
-def test_verify_without_a_side(stub, fails) -> None:
+def test_verify_without_a_side(stub: instant_pb2_grpc.InstantStub, fails: Fails) -> None:
     fails(
         stub.Verify,
         instant_pb2.VerifyRequest(b=side(GOOD)),
@@ -234,12 +274,14 @@ def test_verify_without_a_side(stub, fails) -> None:
 
 
 @pytest.fixture(scope="module")
-def good_template(stub):
+def good_template(stub: instant_pb2_grpc.InstantStub) -> list[float]:
     reply = stub.ExtractTemplate(instant_pb2.TemplateRequest(image=common_pb2.Media(data=GOOD)))
     return list(reply.template.values)
 
 
-def test_bad_templates(stub, fails, good_template) -> None:
+def test_bad_templates(
+    stub: instant_pb2_grpc.InstantStub, fails: Fails, good_template: list[float]
+) -> None:
     assert len(good_template) == 128
     cases = [
         (template_side(good_template[:127]), ["127 values", "128"]),
@@ -258,24 +300,24 @@ def test_bad_templates(stub, fails, good_template) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_server(models_dir) -> Iterator[ServerThread]:
+def small_server(models_dir: Path) -> Iterator[ServerThread]:
     running = ServerThread(make_settings(models_dir, max_image_bytes=SMALL_LIMIT)).start()
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
-def small_stub(small_server) -> Iterator[instant_pb2_grpc.InstantStub]:
+def small_stub(small_server: ServerThread) -> Iterator[instant_pb2_grpc.InstantStub]:
     with small_server.channel() as channel:
         yield instant_pb2_grpc.InstantStub(channel)
 
 
-def test_image_over_the_byte_limit(small_stub) -> None:
+def test_image_over_the_byte_limit(small_stub: instant_pb2_grpc.InstantStub) -> None:
     info = small_stub.GetServerInfo(instant_pb2.GetServerInfoRequest())
     assert info.max_image_bytes == SMALL_LIMIT
     big = read(FACES / "obama.jpg")
     assert len(GOOD) < SMALL_LIMIT < len(big)
-    request = instant_pb2.LivenessRequest(image=common_pb2.Media(data=big))
+    request: Message = instant_pb2.LivenessRequest(image=common_pb2.Media(data=big))
     expect_error(
         small_stub, small_stub.CheckLiveness, request, INVALID,
         f"{len(big)} bytes", f"limit is {SMALL_LIMIT} bytes", reason="MEDIA_TOO_LARGE",
@@ -286,7 +328,7 @@ def test_image_over_the_byte_limit(small_stub) -> None:
     )
 
 
-def test_message_over_the_grpc_limit(small_stub) -> None:
+def test_message_over_the_grpc_limit(small_stub: instant_pb2_grpc.InstantStub) -> None:
     huge = b"\xff\xd8\xff" + bytes(2 * SMALL_LIMIT + (2 << 20))  # past 2 × limit + 1 MiB
     request = instant_pb2.LivenessRequest(image=common_pb2.Media(data=huge))
     expect_error(

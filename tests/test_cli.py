@@ -13,13 +13,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FACES, SHARED, SPOOF
+from tests.conftest import FACES, SHARED, SPOOF, ServerThread
 from vigil.client.connection import Connection, authenticated_channel
 from vigil.inference import catalog
 from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
@@ -28,7 +29,7 @@ MIRROR = Path(os.environ.get("VIGIL_MODEL_MIRROR") or SHARED / "models")
 
 
 @pytest.fixture
-def env(models_dir, tmp_path, server) -> dict[str, str]:
+def env(models_dir: Path, tmp_path: Path, server: ServerThread) -> dict[str, str]:
     values = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     values.update(
         VIGIL_MODELS_DIR=str(models_dir),
@@ -40,7 +41,9 @@ def env(models_dir, tmp_path, server) -> dict[str, str]:
     return values
 
 
-def vigil(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60):
+def vigil(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vigil.server.cli", *args],
         capture_output=True,
@@ -51,16 +54,19 @@ def vigil(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60):
     )
 
 
-def vigil_json(*args: str, env, cwd) -> dict:
+def vigil_json(*args: str, env: dict[str, str], cwd: Path) -> dict[str, Any]:
     done = vigil(*args, "--json", env=env, cwd=cwd)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 @pytest.mark.parametrize(
     "path,live", [(SPOOF / "image_F1.jpg", False), (FACES / "obama.jpg", True)], ids=["F1", "obama"]
 )
-def test_liveness(server, env, tmp_path, path, live) -> None:
+def test_liveness(
+    server: ServerThread, env: dict[str, str], tmp_path: Path, path: Path, live: bool
+) -> None:
     result = vigil_json("liveness", str(path), "--server", server.address, env=env, cwd=tmp_path)
     assert result["live"] is live
     assert 0.0 <= result["score"] <= 1.0
@@ -68,7 +74,7 @@ def test_liveness(server, env, tmp_path, path, live) -> None:
     assert result["face_count"] == 1
 
 
-def test_verify(server, env, tmp_path) -> None:
+def test_verify(server: ServerThread, env: dict[str, str], tmp_path: Path) -> None:
     a, b, other = (str(FACES / n) for n in ("obama.jpg", "obama2.jpg", "biden.jpg"))
     same = vigil_json("verify", a, b, "--server", server.address, env=env, cwd=tmp_path)
     assert same["match"] is True
@@ -79,7 +85,7 @@ def test_verify(server, env, tmp_path) -> None:
     assert different["similarity"] < 0.5 < 0.6 < different["distance"]
 
 
-def test_detect_and_template(server, env, tmp_path) -> None:
+def test_detect_and_template(server: ServerThread, env: dict[str, str], tmp_path: Path) -> None:
     image = str(FACES / "obama.jpg")
     found = vigil_json("detect", image, "--server", server.address, env=env, cwd=tmp_path)
     assert (found["width"], found["height"], found["content_type"]) == (910, 1137, "image/jpeg")
@@ -89,14 +95,16 @@ def test_detect_and_template(server, env, tmp_path) -> None:
     assert (made["template"]["model"], made["template"]["model_version"]) == ("dlib-resnet", "v1")
 
 
-def test_human_output(server, env, tmp_path) -> None:
+def test_human_output(server: ServerThread, env: dict[str, str], tmp_path: Path) -> None:
     done = vigil("liveness", str(SPOOF / "image_F1.jpg"), "--server", server.address, env=env,
                  cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("SPOOF score=")
 
 
-def test_failed_call_exits_1_with_status_on_stderr(server, env, tmp_path) -> None:
+def test_failed_call_exits_1_with_status_on_stderr(
+    server: ServerThread, env: dict[str, str], tmp_path: Path
+) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("this is not a photo\n")
     done = vigil("liveness", str(text), "--server", server.address, "--json", env=env, cwd=tmp_path)
@@ -106,7 +114,7 @@ def test_failed_call_exits_1_with_status_on_stderr(server, env, tmp_path) -> Non
     assert "no known image format" in done.stderr
 
 
-def test_unreadable_path_exits_2(server, env, tmp_path) -> None:
+def test_unreadable_path_exits_2(server: ServerThread, env: dict[str, str], tmp_path: Path) -> None:
     missing = tmp_path / "nope.jpg"
     done = vigil(
         "detect", str(missing), "--server", server.address, "--json", env=env, cwd=tmp_path
@@ -116,7 +124,7 @@ def test_unreadable_path_exits_2(server, env, tmp_path) -> None:
     assert f"cannot read {missing}" in done.stderr
 
 
-def test_models_install(env, tmp_path) -> None:
+def test_models_install(env: dict[str, str], tmp_path: Path) -> None:
     target = tmp_path / "installed"
     done = vigil("models", "install", "--mirror", str(MIRROR), "--dir", str(target), env=env,
                  cwd=tmp_path)  # fmt: skip
@@ -127,7 +135,7 @@ def test_models_install(env, tmp_path) -> None:
     assert not [p for p in target.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_models_install_refuses_a_corrupt_mirror(env, tmp_path) -> None:
+def test_models_install_refuses_a_corrupt_mirror(env: dict[str, str], tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     for source in MIRROR.iterdir():
@@ -149,10 +157,11 @@ def test_models_install_refuses_a_corrupt_mirror(env, tmp_path) -> None:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def wait_serving(address: str, proc: subprocess.Popen, deadline_s: float = 60) -> None:
+def wait_serving(address: str, proc: subprocess.Popen[bytes], deadline_s: float = 60) -> None:
     deadline = time.monotonic() + deadline_s
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -169,14 +178,14 @@ def wait_serving(address: str, proc: subprocess.Popen, deadline_s: float = 60) -
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
     return found
 
 
-def test_serve_health_metrics_and_sigterm(env, tmp_path) -> None:
+def test_serve_health_metrics_and_sigterm(env: dict[str, str], tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w+")

@@ -7,12 +7,14 @@ with shot 2.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypedDict, Unpack
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
-from tests.conftest import FACES, ORL, ServerThread, read
+from tests.conftest import FACES, ORL, Metadata, ServerThread, read
 from vigil.inference.catalog import DLIB_RESNET
 from vigil.v1 import (
     collections_pb2,
@@ -24,8 +26,16 @@ from vigil.v1 import (
     instant_pb2_grpc,
 )
 
-Metadata = tuple[tuple[str, str], ...]
 PEOPLE = range(1, 11)
+
+
+class SearchFields(TypedDict, total=False):
+    """A SearchRequest's fields besides its collection."""
+
+    image: common_pb2.Media
+    template: common_pb2.Template
+    top_k: int
+    threshold: float
 
 
 def shot(person: int, number: int) -> common_pb2.Media:
@@ -37,7 +47,13 @@ def stub(api_channel: grpc.Channel) -> collections_pb2_grpc.CollectionsStub:
     return collections_pb2_grpc.CollectionsStub(api_channel)
 
 
-def expect(code: grpc.StatusCode, call, request, metadata: Metadata, *words: str) -> None:  # type: ignore[no-untyped-def]
+def expect(
+    code: grpc.StatusCode,
+    call: Callable[..., object],
+    request: Message,
+    metadata: Metadata,
+    *words: str,
+) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         call(request, metadata=metadata, timeout=30)
     error = caught.value
@@ -76,9 +92,9 @@ def enrolled(
 
 
 def search(
-    stub: collections_pb2_grpc.CollectionsStub, company: Metadata, **fields: object
+    stub: collections_pb2_grpc.CollectionsStub, company: Metadata, **fields: Unpack[SearchFields]
 ) -> collections_pb2.SearchResponse:
-    request = collections_pb2.SearchRequest(collection="orl", **fields)  # type: ignore[arg-type]
+    request = collections_pb2.SearchRequest(collection="orl", **fields)
     return stub.Search(request, metadata=company, timeout=30)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tests.conftest import FACES, make_settings, read
 from vigil.inference.catalog import DLIB_RESNET
-from vigil.inference.engine import Engine
+from vigil.inference.engine import EmbeddingResult, Engine
+from vigil.inference.types import LivenessScore, Subject
 from vigil.server.app import engine_config
 
 NAMES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]
@@ -24,11 +26,11 @@ async def test_an_image_alone_and_among_others_gets_the_same_template(models_dir
         submitted: list[object] = []
         submit = batcher.submit
 
-        async def counting_submit(item, deadline=None):  # type: ignore[no-untyped-def]
+        async def counting_submit(item: object, deadline: float | None = None) -> tuple[Any, float]:
             submitted.append(item)
             return await submit(item, deadline)
 
-        batcher.submit = counting_submit  # type: ignore[method-assign]
+        batcher.submit = counting_submit  # type: ignore[method-assign]  # count what it is sent
         images = [read(FACES / name) for name in NAMES]
         alone = [(await engine.embed(data)).embedding for data in images]
         assert submitted == [], "an image alone in the engine still went through the batcher"
@@ -53,6 +55,7 @@ async def test_load_accounting_returns_to_zero_after_cancelled_and_failed_reques
     await engine.start()
     try:
         images = [read(FACES / name) for name in NAMES] * 3
+        calls: list[asyncio.Task[EmbeddingResult] | asyncio.Task[tuple[Subject, LivenessScore]]]
         calls = [asyncio.ensure_future(engine.embed(data)) for data in images]
         calls += [asyncio.ensure_future(engine.liveness(data)) for data in images[:4]]
         calls.append(asyncio.ensure_future(engine.embed(b"not an image")))  # fails in its job

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from tests.conftest import FACES, SHARED, SPOOF, read
 from vigil.inference import align, catalog
 from vigil.inference.backends import BackendOptions, get_backend
+from vigil.inference.backends.onnxruntime import OrtModel
 from vigil.inference.detector import YuNetDetector, scale_for_detector
 from vigil.inference.errors import InvalidMedia, MediaTooLarge, ModelError, UnsupportedMedia
 from vigil.inference.media import ImageLimits, decode_image, probe, sniff
@@ -101,6 +103,7 @@ def test_exif_orientation_is_honoured(detector: YuNetDetector) -> None:
         np.frombuffer(read(SPOOF / "image_T1.jpg"), np.uint8),
         cv2.IMREAD_IGNORE_ORIENTATION | cv2.IMREAD_COLOR,
     )
+    assert raw is not None
     assert raw.shape[:2] == (480, 640)  # stored landscape
     assert len(detector.detect(image.bgr)) == 1
 
@@ -203,6 +206,7 @@ def test_the_cpu_backend_answers_the_same_with_one_thread_or_several(
         models_dir / catalog.DLIB_RESNET.file,
         BackendOptions(intra_op_threads=2),
     )
+    assert isinstance(embedder, OrtModel)  # typed as the backends' LoadedModel
     assert embedder.narrow is not None and embedder.narrow is not embedder.session
     image = decode_image(read(FACES / "obama.jpg"), LIMITS)
     face = detector.detect(image.bgr)[0]
@@ -213,6 +217,7 @@ def test_the_cpu_backend_answers_the_same_with_one_thread_or_several(
     single = get_backend("onnxruntime").load(
         catalog.DLIB_RESNET, models_dir / catalog.DLIB_RESNET.file, BackendOptions(1)
     )
+    assert isinstance(single, OrtModel)
     assert single.narrow is None  # one thread configured: one session
     np.testing.assert_allclose(single.infer({"input": chip})["embedding"], wide, atol=1e-5)
     embedder.unload()
@@ -222,5 +227,6 @@ def test_the_cpu_backend_answers_the_same_with_one_thread_or_several(
 
 @pytest.mark.parametrize(("name", "value"), [("detect_max_side", 0), ("detect_min_side", 0)])
 def test_detector_sizes_that_cannot_work_are_refused_at_startup(name: str, value: int) -> None:
+    overrides: dict[str, Any] = {name: value}
     with pytest.raises(ValidationError, match=name):
-        Settings(**{name: value})
+        Settings(**overrides)

@@ -6,13 +6,16 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypedDict, Unpack
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tests.conftest import FACES, SPOOF, read
+from tests.conftest import FACES, SPOOF, Metadata, ServerThread, read
 from vigil.v1 import folders_pb2 as fp
 from vigil.v1 import folders_pb2_grpc
 
@@ -21,13 +24,31 @@ BIOMETRY = fp.AnalysisRequest(type=fp.ANALYSIS_TYPE_BIOMETRY)
 BEST_SHOT = fp.AnalysisRequest(type=fp.ANALYSIS_TYPE_BEST_SHOT)
 
 
+Stub = folders_pb2_grpc.FoldersStub
+
+
+class HeaderFields(TypedDict, total=False):
+    """The upload header's optional fields."""
+
+    content_type: str
+    original_name: str
+
+
 @pytest.fixture
-def stub(api_channel):  # type: ignore[no-untyped-def]
+def stub(api_channel: grpc.Channel) -> Stub:
     return folders_pb2_grpc.FoldersStub(api_channel)
 
 
-def upload(stub, md, folder_id: str, data: bytes, tags=(), chunk: int = 65536, **header):  # type: ignore[no-untyped-def]
-    def parts():  # type: ignore[no-untyped-def]
+def upload(
+    stub: Stub,
+    md: Metadata,
+    folder_id: str,
+    data: bytes,
+    tags: Iterable[str] = (),
+    chunk: int = 65536,
+    **header: Unpack[HeaderFields],
+) -> fp.MediaInfo:
+    def parts() -> Iterator[fp.UploadMediaRequest]:
         yield fp.UploadMediaRequest(
             header=fp.UploadMediaHeader(folder_id=folder_id, tags=list(tags), **header)
         )
@@ -37,14 +58,21 @@ def upload(stub, md, folder_id: str, data: bytes, tags=(), chunk: int = 65536, *
     return stub.UploadMedia(parts(), metadata=md, timeout=30)
 
 
-def folder_with(stub, md, files, meta=None):  # type: ignore[no-untyped-def]
+def folder_with(
+    stub: Stub,
+    md: Metadata,
+    files: Iterable[tuple[Path, list[str]]],
+    meta: dict[str, str] | None = None,
+) -> fp.Folder:
     folder = stub.CreateFolder(fp.CreateFolderRequest(meta=meta or {}), metadata=md)
     for path, tags in files:
         upload(stub, md, folder.id, read(path), tags)
     return folder
 
 
-def run(stub, md, folder_id: str, *requests) -> dict[int, fp.Analysis]:  # type: ignore[no-untyped-def]
+def run(
+    stub: Stub, md: Metadata, folder_id: str, *requests: fp.AnalysisRequest
+) -> dict[int, fp.Analysis]:
     stub.CreateAnalyses(
         fp.CreateAnalysesRequest(folder_id=folder_id, analyses=list(requests)), metadata=md
     )
@@ -56,12 +84,12 @@ def run(stub, md, folder_id: str, *requests) -> dict[int, fp.Analysis]:  # type:
     return {a.type: a for a in folder.analyses}
 
 
-def blob_files(api_server) -> set[str]:  # type: ignore[no-untyped-def]
-    root = api_server.running.app.blobs.root
+def blob_files(api_server: ServerThread) -> set[str]:
+    root = api_server.vigil.app.blobs.root
     return {str(p) for p in root.rglob("*") if p.is_file()}
 
 
-def test_folder_lifecycle_and_media_round_trip(stub, company) -> None:  # type: ignore[no-untyped-def]
+def test_folder_lifecycle_and_media_round_trip(stub: Stub, company: Metadata) -> None:
     folder = stub.CreateFolder(
         fp.CreateFolderRequest(meta={"transaction_id": "t-1"}), metadata=company
     )
@@ -95,7 +123,7 @@ def test_folder_lifecycle_and_media_round_trip(stub, company) -> None:  # type: 
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_another_company_sees_nothing(stub, company) -> None:  # type: ignore[no-untyped-def]
+def test_another_company_sees_nothing(stub: Stub, company: Metadata) -> None:
     folder = folder_with(stub, company, [(FACES / "obama.jpg", ["photo_selfie"])])
     media_id = (
         stub.GetFolder(fp.GetFolderRequest(folder_id=folder.id), metadata=company).media[0].id
@@ -104,7 +132,7 @@ def test_another_company_sees_nothing(stub, company) -> None:  # type: ignore[no
         fp.CreateAnalysesRequest(folder_id=folder.id, analyses=[LIVENESS]), metadata=company
     )
     other = (("vigil-company", company[0][1] + "-other"),)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: stub.GetFolder(fp.GetFolderRequest(folder_id=folder.id), metadata=other),
         lambda: stub.DeleteFolder(fp.DeleteFolderRequest(folder_id=folder.id), metadata=other),
         lambda: stub.UpdateFolderMeta(
@@ -132,7 +160,7 @@ def test_another_company_sees_nothing(stub, company) -> None:  # type: ignore[no
     assert stub.ListFolders(fp.ListFoldersRequest(), metadata=other).folders == []
 
 
-def test_liveness_biometry_and_best_shot(stub, company) -> None:  # type: ignore[no-untyped-def]
+def test_liveness_biometry_and_best_shot(stub: Stub, company: Metadata) -> None:
     folder = folder_with(
         stub,
         company,
@@ -157,7 +185,7 @@ def test_liveness_biometry_and_best_shot(stub, company) -> None:  # type: ignore
     assert final.resolution == fp.RESOLUTION_SUCCESS and len(final.media) == 3
 
 
-def test_spoof_selfie_and_different_people_are_declined(stub, company) -> None:  # type: ignore[no-untyped-def]
+def test_spoof_selfie_and_different_people_are_declined(stub: Stub, company: Metadata) -> None:
     folder = folder_with(
         stub,
         company,
@@ -180,7 +208,7 @@ def test_spoof_selfie_and_different_people_are_declined(stub, company) -> None: 
     assert folder_state.resolution == fp.RESOLUTION_DECLINED
 
 
-def test_biometry_grey_zone_asks_an_operator(stub, company) -> None:  # type: ignore[no-untyped-def]
+def test_biometry_grey_zone_asks_an_operator(stub: Stub, company: Metadata) -> None:
     folder = folder_with(
         stub,
         company,
@@ -193,13 +221,13 @@ def test_biometry_grey_zone_asks_an_operator(stub, company) -> None:  # type: ig
     assert bio.thresholds["distance"] == pytest.approx(0.38)
 
 
-def test_biometry_with_one_face_fails_with_a_reason(stub, company) -> None:  # type: ignore[no-untyped-def]
+def test_biometry_with_one_face_fails_with_a_reason(stub: Stub, company: Metadata) -> None:
     folder = folder_with(stub, company, [(FACES / "obama.jpg", ["photo_selfie"])])
     bio = run(stub, company, folder.id, BIOMETRY)[fp.ANALYSIS_TYPE_BIOMETRY]
     assert bio.state == fp.ANALYSIS_STATE_FAILED and "at least two" in bio.error
 
 
-def test_list_folders_by_transaction_recent_with_analyses(stub, company) -> None:  # type: ignore[no-untyped-def]
+def test_list_folders_by_transaction_recent_with_analyses(stub: Stub, company: Metadata) -> None:
     a = folder_with(
         stub, company, [(FACES / "obama.jpg", ["photo_selfie"])], {"transaction_id": "X"}
     )
@@ -221,13 +249,14 @@ def test_list_folders_by_transaction_recent_with_analyses(stub, company) -> None
     assert reply.folders[0].analyses[0].resolution == fp.RESOLUTION_SUCCESS
     with pytest.raises(grpc.RpcError) as info:
         stub.ListFolders(
-            fp.ListFoldersRequest(meta=[fp.MetaFilter(key="k", op=7)]), metadata=company
+            fp.ListFoldersRequest(meta=[fp.MetaFilter(key="k", op=fp.MetaFilter.Op.ValueType(7))]),
+            metadata=company,
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_submit_in_one_round_trip(stub, company) -> None:  # type: ignore[no-untyped-def]
-    def parts():  # type: ignore[no-untyped-def]
+def test_submit_in_one_round_trip(stub: Stub, company: Metadata) -> None:
+    def parts() -> Iterator[fp.SubmitRequest]:
         yield fp.SubmitRequest(
             header=fp.SubmitHeader(meta={"transaction_id": "s1"}, analyses=[LIVENESS, BIOMETRY])
         )
@@ -245,24 +274,25 @@ def test_submit_in_one_round_trip(stub, company) -> None:  # type: ignore[no-unt
     assert {a.state for a in folder.analyses} == {fp.ANALYSIS_STATE_FINISHED}
 
 
-def test_a_bad_upload_leaves_no_row_and_no_file(stub, company, api_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_upload_leaves_no_row_and_no_file(
+    stub: Stub, company: Metadata, api_server: ServerThread
+) -> None:
     folder = stub.CreateFolder(fp.CreateFolderRequest(), metadata=company)
     before = blob_files(api_server)
     with pytest.raises(grpc.RpcError) as info:
         upload(stub, company, folder.id, os.urandom(300_000))
-    assert (
-        info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        and "not a media type" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a media type" in (
+        info.value.details() or ""
     )
     truncated = read(FACES / "obama.jpg")[:100_000]
     with pytest.raises(grpc.RpcError) as info:
         upload(stub, company, folder.id, truncated)
-    assert "truncated" in info.value.details()
+    assert "truncated" in (info.value.details() or "")
 
     sent = threading.Event()
     release = threading.Event()
 
-    def broken():  # type: ignore[no-untyped-def]
+    def broken() -> Iterator[fp.UploadMediaRequest]:
         yield fp.UploadMediaRequest(header=fp.UploadMediaHeader(folder_id=folder.id))
         yield fp.UploadMediaRequest(chunk=read(FACES / "biden.jpg")[:50_000])
         sent.set()
@@ -282,10 +312,12 @@ def test_a_bad_upload_leaves_no_row_and_no_file(stub, company, api_server) -> No
     assert blob_files(api_server) == before
 
 
-def test_a_bad_submit_leaves_nothing(stub, company, api_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_submit_leaves_nothing(
+    stub: Stub, company: Metadata, api_server: ServerThread
+) -> None:
     before = blob_files(api_server)
 
-    def parts():  # type: ignore[no-untyped-def]
+    def parts() -> Iterator[fp.SubmitRequest]:
         yield fp.SubmitRequest(
             header=fp.SubmitHeader(meta={"transaction_id": "bad"}, analyses=[LIVENESS])
         )
@@ -296,7 +328,9 @@ def test_a_bad_submit_leaves_nothing(stub, company, api_server) -> None:  # type
 
     with pytest.raises(grpc.RpcError) as info:
         stub.Submit(parts(), metadata=company)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "GIF" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "GIF" in (
+        info.value.details() or ""
+    )
     listed = stub.ListFolders(
         fp.ListFoldersRequest(meta=[fp.MetaFilter(key="transaction_id", value="bad")]),
         metadata=company,
@@ -304,12 +338,15 @@ def test_a_bad_submit_leaves_nothing(stub, company, api_server) -> None:  # type
     assert listed.folders == [] and blob_files(api_server) == before
 
 
-def test_requests_are_validated(stub, company) -> None:  # type: ignore[no-untyped-def]
+def test_requests_are_validated(stub: Stub, company: Metadata) -> None:
     folder = stub.CreateFolder(fp.CreateFolderRequest(), metadata=company)
     cases = [
         (fp.CreateAnalysesRequest(folder_id=folder.id), "empty"),
         (
-            fp.CreateAnalysesRequest(folder_id=folder.id, analyses=[fp.AnalysisRequest(type=9)]),
+            fp.CreateAnalysesRequest(
+                folder_id=folder.id,
+                analyses=[fp.AnalysisRequest(type=fp.AnalysisType.ValueType(9))],
+            ),
             "not a known",
         ),
         (
@@ -322,12 +359,12 @@ def test_requests_are_validated(stub, company) -> None:  # type: ignore[no-untyp
     for request, words in cases:
         with pytest.raises(grpc.RpcError) as info:
             stub.CreateAnalyses(request, metadata=company)
-        assert (
-            info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in info.value.details()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in (
+            info.value.details() or ""
         )
     with pytest.raises(grpc.RpcError) as info:
         stub.CreateFolder(fp.CreateFolderRequest(meta={"k": "v" * 2000}), metadata=company)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as info:
         stub.UploadMedia(iter([fp.UploadMediaRequest(chunk=b"x")]), metadata=company)
-    assert "header" in info.value.details()
+    assert "header" in (info.value.details() or "")

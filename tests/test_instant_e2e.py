@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import FACES, SPOOF, read
-from vigil.v1 import common_pb2, instant_pb2
+from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
+
+Stub = instant_pb2_grpc.InstantStub
 
 OBAMAS = ["obama.jpg", "obama2.jpg", "obama3.jpg"]
 LIVE_PHOTOS = [
@@ -16,12 +19,12 @@ LIVE_PHOTOS = [
 LIVE_PHOTOS.append(SPOOF / "image_T1.jpg")
 
 
-def media(path) -> common_pb2.Media:  # type: ignore[no-untyped-def]
+def media(path: Path) -> common_pb2.Media:
     return common_pb2.Media(data=read(path))
 
 
 @pytest.mark.parametrize("path", LIVE_PHOTOS, ids=lambda p: p.name)
-def test_live_photos_are_live(stub, path) -> None:  # type: ignore[no-untyped-def]
+def test_live_photos_are_live(stub: Stub, path: Path) -> None:
     reply = stub.CheckLiveness(instant_pb2.LivenessRequest(image=media(path)))
     assert reply.live, f"{path.name} judged spoof with score {reply.score:.3f}"
     assert reply.score >= reply.threshold == pytest.approx(0.5)
@@ -31,13 +34,13 @@ def test_live_photos_are_live(stub, path) -> None:  # type: ignore[no-untyped-de
 
 
 @pytest.mark.parametrize("name", ["image_F1.jpg", "image_F2.jpg"])
-def test_spoof_samples_are_spoof(stub, name) -> None:  # type: ignore[no-untyped-def]
+def test_spoof_samples_are_spoof(stub: Stub, name: str) -> None:
     reply = stub.CheckLiveness(instant_pb2.LivenessRequest(image=media(SPOOF / name)))
     assert not reply.live, f"{name} judged live with score {reply.score:.3f}"
     assert reply.score < 0.5
 
 
-def test_spoof_scores_match_reference(stub) -> None:  # type: ignore[no-untyped-def]
+def test_spoof_scores_match_reference(stub: Stub) -> None:
     """MODELS.md measured 0.23 (printed poster) and 0.003 (tablet replay) with YuNet boxes."""
     f1 = stub.CheckLiveness(instant_pb2.LivenessRequest(image=media(SPOOF / "image_F1.jpg")))
     f2 = stub.CheckLiveness(instant_pb2.LivenessRequest(image=media(SPOOF / "image_F2.jpg")))
@@ -46,7 +49,7 @@ def test_spoof_scores_match_reference(stub) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize("a,b", list(itertools.combinations(OBAMAS, 2)))
-def test_obama_photos_match_each_other(stub, a, b) -> None:  # type: ignore[no-untyped-def]
+def test_obama_photos_match_each_other(stub: Stub, a: str, b: str) -> None:
     reply = stub.Verify(
         instant_pb2.VerifyRequest(
             a=instant_pb2.FaceInput(image=media(FACES / a)),
@@ -61,7 +64,7 @@ def test_obama_photos_match_each_other(stub, a, b) -> None:  # type: ignore[no-u
 
 
 @pytest.mark.parametrize("obama", OBAMAS)
-def test_no_obama_photo_matches_biden(stub, obama) -> None:  # type: ignore[no-untyped-def]
+def test_no_obama_photo_matches_biden(stub: Stub, obama: str) -> None:
     reply = stub.Verify(
         instant_pb2.VerifyRequest(
             a=instant_pb2.FaceInput(image=media(FACES / obama)),
@@ -72,7 +75,7 @@ def test_no_obama_photo_matches_biden(stub, obama) -> None:  # type: ignore[no-u
     assert reply.similarity < 0.5
 
 
-def test_template_round_trip_gives_the_same_distance(stub) -> None:  # type: ignore[no-untyped-def]
+def test_template_round_trip_gives_the_same_distance(stub: Stub) -> None:
     t1 = stub.ExtractTemplate(instant_pb2.TemplateRequest(image=media(FACES / "obama.jpg")))
     t2 = stub.ExtractTemplate(instant_pb2.TemplateRequest(image=media(FACES / "obama2.jpg")))
     assert len(t1.template.values) == 128
@@ -102,7 +105,7 @@ def test_template_round_trip_gives_the_same_distance(stub) -> None:  # type: ign
     assert not mixed.a.from_template and mixed.b.from_template
 
 
-def test_detect_returns_faces_with_landmarks(stub) -> None:  # type: ignore[no-untyped-def]
+def test_detect_returns_faces_with_landmarks(stub: Stub) -> None:
     reply = stub.Detect(instant_pb2.DetectRequest(image=media(FACES / "obama.jpg")))
     assert reply.image.content_type == "image/jpeg"
     assert (reply.image.width, reply.image.height) == (910, 1137)
@@ -118,14 +121,14 @@ def test_detect_returns_faces_with_landmarks(stub) -> None:  # type: ignore[no-u
     assert right_eye.x < left_eye.x  # landmark 0 is the eye on the image's left
 
 
-def test_declared_content_type_is_not_trusted(stub) -> None:  # type: ignore[no-untyped-def]
+def test_declared_content_type_is_not_trusted(stub: Stub) -> None:
     image = common_pb2.Media(data=read(FACES / "astronaut.png"), content_type="image/jpeg")
     reply = stub.Detect(instant_pb2.DetectRequest(image=image))
     assert reply.image.content_type == "image/png"
     assert len(reply.faces) == 1
 
 
-def test_server_info_lists_the_catalog(stub) -> None:  # type: ignore[no-untyped-def]
+def test_server_info_lists_the_catalog(stub: Stub) -> None:
     info = stub.GetServerInfo(instant_pb2.GetServerInfoRequest())
     names = [m.ref.name for m in info.models]
     assert names == ["yunet", "dlib-resnet", "minifasnet-v2", "minifasnet-v1se"]

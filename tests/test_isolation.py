@@ -4,6 +4,7 @@ folders, media, analyses, collections, webhooks — through the real server on b
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -29,7 +30,7 @@ def _objects_of_b(server: ServerThread, company_b: str) -> dict[str, str]:
         folders = folders_pb2_grpc.FoldersStub(channel)
         folder = folders.CreateFolder(folders_pb2.CreateFolderRequest(meta={"transaction_id": "b"}))
 
-        def parts():  # type: ignore[no-untyped-def]
+        def parts() -> Iterator[folders_pb2.UploadMediaRequest]:
             yield folders_pb2.UploadMediaRequest(
                 header=folders_pb2.UploadMediaHeader(folder_id=folder.id, tags=["photo_selfie"])
             )
@@ -80,7 +81,7 @@ def test_another_companys_objects_are_not_found(api_server: ServerThread, role: 
         verdicts = auth_pb2_grpc.VerdictsStub(channel)
         operators = auth_pb2_grpc.OperatorsStub(channel)
         image = common_pb2.Media(data=read(FACES / "obama2.jpg"))
-        calls = {
+        calls: dict[str, Callable[[], object]] = {
             "Folders/GetFolder": lambda: folders.GetFolder(
                 folders_pb2.GetFolderRequest(folder_id=b["folder"])
             ),
@@ -162,7 +163,7 @@ def test_another_companys_objects_are_not_found(api_server: ServerThread, role: 
                 )
             ),
         }
-        leaks = []
+        leaks: list[str] = []
         for name, attempt in calls.items():
             try:
                 attempt()

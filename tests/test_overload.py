@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +15,7 @@ from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 
 @pytest.fixture(scope="module")
-def tight_server(models_dir):  # type: ignore[no-untyped-def]
+def tight_server(models_dir: Path) -> Iterator[ServerThread]:
     running = ServerThread(make_settings(models_dir, max_inflight_images=2)).start()
     yield running
     running.stop()

@@ -12,8 +12,10 @@ from datetime import timedelta
 import grpc
 import pytest
 from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from sqlmodel import Session
 
-from tests.conftest import ServerThread
+from tests.conftest import Metadata, ServerThread
 from vigil.server.security.permissions import PERMISSIONS, PUBLIC, ROLES
 from vigil.storage import credentials, folders
 from vigil.storage.tables import utcnow
@@ -25,13 +27,17 @@ SERVICES = [
     for service in module.DESCRIPTOR.services_by_name.values()
 ]
 METHODS = [(service, method) for service in SERVICES for method in service.methods]
+#: The call metadata of each caller: (the unauthenticated ones by name, each role's key).
+Callers = tuple[dict[str, Metadata], dict[str, Metadata]]
 
 
-def path(service, method) -> str:  # type: ignore[no-untyped-def]
+def path(service: ServiceDescriptor, method: MethodDescriptor) -> str:
     return f"/{service.full_name}/{method.name}"
 
 
-def call(channel: grpc.Channel, service, method, metadata) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+def call(
+    channel: grpc.Channel, service: ServiceDescriptor, method: MethodDescriptor, metadata: Metadata
+) -> grpc.StatusCode:
     """Call with an empty request (an empty stream for streaming requests); the final status."""
     request_class = message_factory.GetMessageClass(method.input_type)
     response_class = message_factory.GetMessageClass(method.output_type)
@@ -128,15 +134,15 @@ def test_every_rpc_is_in_the_permission_table() -> None:
 
 
 @pytest.fixture
-def callers(api_server: ServerThread):  # type: ignore[no-untyped-def]
+def callers(api_server: ServerThread) -> Callers:
     """Credentials of every kind, in a company of their own."""
     company = f"perm-{utcnow().timestamp()}"
     keys = {role: api_server.new_key(role, company=company) for role in ROLES}
-    app = api_server.running.app
-    assert api_server.running.security is not None
-    signer = api_server.running.security.signer
+    app = api_server.vigil.app
+    assert api_server.vigil.security is not None
+    signer = api_server.vigil.security.signer
 
-    def bad_keys(session):  # type: ignore[no-untyped-def]
+    def bad_keys(session: Session) -> tuple[str, str, str]:
         company_id = folders.ensure_company(company, session=session).id
         revoked, revoked_key = credentials.create_api_key(
             "revoked",
@@ -169,7 +175,7 @@ def callers(api_server: ServerThread):  # type: ignore[no-untyped-def]
 
     revoked_key, expired_key, user_id = api_server.call(lambda: app.db(bad_keys))
     expired_token, _ = signer.sign({"sub": user_id}, timedelta(seconds=-5), "access")
-    unauthenticated = {
+    unauthenticated: dict[str, Metadata] = {
         "none": (),
         "malformed key": (("x-api-key", "not-a-key"),),
         "unknown key": (("x-api-key", "vk_00000000_" + "A" * 43),),
@@ -178,13 +184,13 @@ def callers(api_server: ServerThread):  # type: ignore[no-untyped-def]
         "expired token": (("authorization", f"Bearer {expired_token}"),),
         "forged token": (("authorization", "Bearer " + expired_token[:-4] + "AAAA"),),
     }
-    by_role = {role: (("x-api-key", key),) for role, key in keys.items()}
+    by_role: dict[str, Metadata] = {role: (("x-api-key", key),) for role, key in keys.items()}
     return unauthenticated, by_role
 
 
-def test_every_rpc_for_every_caller(api_server: ServerThread, callers) -> None:  # type: ignore[no-untyped-def]
+def test_every_rpc_for_every_caller(api_server: ServerThread, callers: Callers) -> None:
     unauthenticated, by_role = callers
-    failures = []
+    failures: list[str] = []
     with grpc.insecure_channel(api_server.address) as channel:
         for service, method in METHODS:
             name = path(service, method)

@@ -138,6 +138,7 @@ def test_a_newer_rows_unknown_fields_are_ignored_and_bad_rows_refused() -> None:
 
 def test_a_face_record_is_made_from_the_engines_face() -> None:
     landmarks = np.arange(10, dtype=np.float32).reshape(5, 2)
+    # a numpy score, as the engine's are at run time: the record must make it a float
     record = FaceRecord.of(Face((1.0, 2.0, 3.0, 4.0), landmarks, np.float32(0.5)))  # type: ignore[arg-type]
     assert record.box == (1.0, 2.0, 3.0, 4.0)
     assert record.landmarks == [(0.0, 1.0), (2.0, 3.0), (4.0, 5.0), (6.0, 7.0), (8.0, 9.0)]

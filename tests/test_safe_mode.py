@@ -8,7 +8,8 @@ answer is biometric by nature are refused with PERMISSION_DENIED.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,6 +29,7 @@ from vigil.v1 import (
     folders_pb2_grpc,
     instant_pb2,
     instant_pb2_grpc,
+    video_pb2,
     webhooks_pb2,
     webhooks_pb2_grpc,
 )
@@ -55,8 +57,10 @@ def leaks(message: Message, where: str = "") -> list[str]:
     return found
 
 
-def upload(stub: Any, folder_id: str, path: Any, tag: str) -> Any:
-    def parts():  # type: ignore[no-untyped-def]
+def upload(
+    stub: folders_pb2_grpc.FoldersStub, folder_id: str, path: Path, tag: str
+) -> folders_pb2.MediaInfo:
+    def parts() -> Iterator[folders_pb2.UploadMediaRequest]:
         header = folders_pb2.UploadMediaHeader(folder_id=folder_id, tags=[tag])
         yield folders_pb2.UploadMediaRequest(header=header)
         yield folders_pb2.UploadMediaRequest(chunk=read(path))
@@ -65,7 +69,7 @@ def upload(stub: Any, folder_id: str, path: Any, tag: str) -> Any:
 
 
 @pytest.fixture
-def prepared(api_server: ServerThread) -> dict[str, Any]:
+def prepared(api_server: ServerThread) -> dict[str, str]:
     """A company with a finished folder (liveness, biometry in the grey zone), a collection,
     a webhook; a FULL key made them, SAFE keys will read them."""
     company = f"safe-{uuid.uuid4().hex[:8]}"
@@ -109,7 +113,7 @@ def prepared(api_server: ServerThread) -> dict[str, Any]:
     }
 
 
-def safe_calls(channel: grpc.Channel, p: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+def safe_calls(channel: grpc.Channel, p: dict[str, str]) -> dict[str, Callable[[], Any]]:
     """One call per RPC, each with a request that yields data for a FULL caller."""
     instant = instant_pb2_grpc.InstantStub(channel)
     folders = folders_pb2_grpc.FoldersStub(channel)
@@ -120,7 +124,7 @@ def safe_calls(channel: grpc.Channel, p: dict[str, Any]) -> dict[str, Callable[[
     photo = common_pb2.Media(data=read(FACES / "obama3.jpg"))
     other = common_pb2.Media(data=read(SPOOF / "image_T1.jpg"))
 
-    def submit() -> Any:
+    def submit() -> folders_pb2.Folder:
         header = folders_pb2.SubmitHeader(
             analyses=[folders_pb2.AnalysisRequest(type=folders_pb2.ANALYSIS_TYPE_LIVENESS)]
         )
@@ -131,7 +135,7 @@ def safe_calls(channel: grpc.Channel, p: dict[str, Any]) -> dict[str, Callable[[
         ]
         return folders.Submit(iter(parts), timeout=60)
 
-    def stream() -> list[Any]:
+    def stream() -> list[video_pb2.StreamLivenessUpdate]:
         # A still photo sent as camera frames (30 fps, with a little timing jitter).
         frames = [
             (read(FACES / "obama2.jpg"), 1000.0 + i * 33.3 + (i % 3) * 0.7) for i in range(14)
@@ -226,8 +230,8 @@ def safe_calls(channel: grpc.Channel, p: dict[str, Any]) -> dict[str, Callable[[
 
 @pytest.mark.parametrize("role", ["SERVICE", "CLIENT", "CLIENT_ADMIN", "CLIENT_OPERATOR"])
 def test_a_safe_key_never_gets_biometric_detail(
-    api_server: ServerThread, prepared, role: str
-) -> None:  # type: ignore[no-untyped-def]
+    api_server: ServerThread, prepared: dict[str, str], role: str
+) -> None:
     key = api_server.new_key(role, result_mode="SAFE", company=prepared["company"])
     problems, checked = [], 0
     with api_server.channel(key) as channel:
@@ -252,7 +256,7 @@ def test_a_safe_key_never_gets_biometric_detail(
     assert checked >= 8  # the scan looked at real answers, not only refusals
 
 
-def test_a_full_key_does_get_the_detail(api_server: ServerThread, prepared) -> None:  # type: ignore[no-untyped-def]
+def test_a_full_key_does_get_the_detail(api_server: ServerThread, prepared: dict[str, str]) -> None:
     """The control: the same calls with a FULL key do carry the fields the SAFE scan forbids."""
     key = api_server.new_key("SERVICE", company=prepared["company"])
     with api_server.channel(key) as channel:

@@ -4,10 +4,13 @@ SDK's public names."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +24,8 @@ import vigil.client as sdk
 from tests.conftest import FACES, SPOOF, ServerThread, make_settings, read
 from vigil.inference import catalog
 from vigil.inference.errors import ModelError
+from vigil.inference.media import DecodedImage
+from vigil.inference.types import Face
 from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -28,19 +33,19 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.mark.parametrize("service", ["", "vigil.v1.Instant"])
-def test_health_is_serving(channel, service) -> None:
+def test_health_is_serving(channel: grpc.Channel, service: str) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == SERVING
 
 
-def test_health_of_an_unknown_service_is_not_found(channel) -> None:
+def test_health_of_an_unknown_service_is_not_found(channel: grpc.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     with pytest.raises(grpc.RpcError) as caught:
         health.Check(health_pb2.HealthCheckRequest(service="vigil.v1.Nope"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reflection(channel) -> None:
+def test_reflection(channel: grpc.Channel) -> None:
     database = ProtoReflectionDescriptorDatabase(channel)
     services = set(database.get_services())
     assert {"vigil.v1.Instant", "grpc.health.v1.Health"} <= services
@@ -70,7 +75,7 @@ def _finish(running: ServerThread) -> None:
     running.loop.close()
 
 
-def test_graceful_shutdown(models_dir) -> None:
+def test_graceful_shutdown(models_dir: Path) -> None:
     """In-flight calls finish OK during the grace period; health watchers see NOT_SERVING; new
     calls are refused with UNAVAILABLE. The calls are held inside the engine (after the server
     received them, before decoding) so the test does not depend on timing."""
@@ -86,14 +91,14 @@ def test_graceful_shutdown(models_dir) -> None:
     gate = running.call(make_gate)
     locate = engine._locate  # the first stage of every image: decode + detect
 
-    async def held_locate(*args):  # type: ignore[no-untyped-def]
+    async def held_locate(*args: Any, **kwargs: Any) -> tuple[DecodedImage, list[Face], Any]:
         arrived.release()
         await gate.wait()
-        return await locate(*args)
+        return await locate(*args, **kwargs)
 
-    engine._locate = held_locate  # type: ignore[method-assign]
+    engine._locate = held_locate  # type: ignore[method-assign]  # hold calls in the engine
     pairs = [("obama.jpg", "obama3.jpg"), ("obama3.jpg", "biden.jpg"), ("obama2.jpg", "obama3.jpg")]
-    stopping = None
+    stopping: concurrent.futures.Future[None] | None = None
     try:
         with running.channel() as channel:
             stub = instant_pb2_grpc.InstantStub(channel)
@@ -106,7 +111,7 @@ def test_graceful_shutdown(models_dir) -> None:
             stopping = asyncio.run_coroutine_threadsafe(vigil.stop(), running.loop)
             assert next(watch).status == NOT_SERVING
             watch.cancel()
-            refused = None
+            refused: grpc.RpcError | None = None
             deadline = time.monotonic() + 10
             while refused is None and time.monotonic() < deadline:
                 try:
@@ -136,10 +141,11 @@ def test_graceful_shutdown(models_dir) -> None:
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def test_corrupt_model_stops_start_up(models_dir, tmp_path) -> None:
+def test_corrupt_model_stops_start_up(models_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "models"
     broken.mkdir()
     for spec in catalog.DEFAULT_MODELS:
@@ -168,7 +174,7 @@ def _engine_threads() -> int:
     return sum(t.name.startswith("vigil-engine") for t in threading.enumerate())
 
 
-def test_failed_start_up_leaves_no_thread_behind(tmp_path) -> None:
+def test_failed_start_up_leaves_no_thread_behind(tmp_path: Path) -> None:
     before = _engine_threads()
     running = ServerThread(make_settings(tmp_path / "empty"))  # no models at all
     with pytest.raises(ModelError, match="is missing"):
@@ -178,7 +184,7 @@ def test_failed_start_up_leaves_no_thread_behind(tmp_path) -> None:
     assert _engine_threads() == before
 
 
-async def test_async_client(server) -> None:
+async def test_async_client(server: ServerThread) -> None:
     key = server.admin_key
     async with sdk.AsyncVigilClient(server.address, timeout=30, api_key=key) as client:
         live, spoof, found, made = await asyncio.gather(
@@ -206,7 +212,7 @@ async def test_async_client(server) -> None:
         assert str(error).startswith("INVALID_ARGUMENT: ")
 
 
-def test_sync_client_error_carries_reason(server) -> None:
+def test_sync_client_error_carries_reason(server: ServerThread) -> None:
     with sdk.VigilClient(server.address, timeout=30, api_key=server.admin_key) as client:
         assert client.liveness(FACES / "obama.jpg").live
         with pytest.raises(sdk.VigilRpcError) as caught:

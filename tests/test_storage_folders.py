@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 from sqlalchemy import text
@@ -26,8 +28,19 @@ from vigil.storage.results import (
 from vigil.storage.tables import Media, utcnow
 
 
+class Filters(TypedDict, total=False):
+    """The ``FolderQuery`` filters the listing test combines."""
+
+    meta_eq: list[tuple[str, str]]
+    meta_ne: list[tuple[str, str]]
+    created_after: datetime
+    created_before: datetime
+    resolutions: list[str]
+    with_analyses: bool
+
+
 @pytest.fixture
-def db(database_url: str):  # type: ignore[no-untyped-def]
+def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
     migrate(database.engine)
     yield database
@@ -98,7 +111,7 @@ def test_list_filters_and_pagination(db: Database) -> None:
         )
         s.commit()
 
-        def ids(**kwargs):  # type: ignore[no-untyped-def]
+        def ids(**kwargs: Unpack[Filters]) -> set[str]:
             rows, _ = folders.list_folders(folders.FolderQuery(**kwargs), company_id=a, session=s)
             return {f.id for f in rows}
 

@@ -171,7 +171,7 @@ def test_plan_profiles_small_max_batch_and_errors() -> None:
     with pytest.raises(ValueError, match="dynamic axis 1"):
         plan.plan_profiles(weird)
     with pytest.raises(ValueError, match="mode"):
-        plan.plan_profiles(DLIB_RESNET, mode="nope")  # type: ignore[arg-type]
+        plan.plan_profiles(DLIB_RESNET, mode="nope")  # type: ignore[arg-type]  # refused at run time
 
 
 # =========================================================================== trt_plan: choice

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlmodel import Session
 
 from tests.conftest import FACES, SPOOF, ServerThread, make_settings, read
 from vigil.client import AsyncVigilClient, Verdict, VerdictError, VigilClient, verify_verdict
@@ -43,7 +44,9 @@ def b64e(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def upload(stub: Any, folder_id: str, data: bytes, tags: list[str]) -> Any:
+def upload(
+    stub: folders_pb2_grpc.FoldersStub, folder_id: str, data: bytes, tags: list[str]
+) -> fp.MediaInfo:
     def parts() -> Iterator[fp.UploadMediaRequest]:
         yield fp.UploadMediaRequest(header=fp.UploadMediaHeader(folder_id=folder_id, tags=tags))
         for start in range(0, len(data), 65536):
@@ -52,7 +55,9 @@ def upload(stub: Any, folder_id: str, data: bytes, tags: list[str]) -> Any:
     return stub.UploadMedia(parts(), timeout=30)
 
 
-def finished_folder(stub: Any, photo: Path, meta: dict[str, str]) -> fp.Folder:
+def finished_folder(
+    stub: folders_pb2_grpc.FoldersStub, photo: Path, meta: dict[str, str]
+) -> fp.Folder:
     """A folder with ``photo`` as its selfie whose LIVENESS analysis has run to the end."""
     folder = stub.CreateFolder(fp.CreateFolderRequest(meta=meta))
     upload(stub, folder.id, read(photo), ["photo_selfie"])
@@ -62,7 +67,7 @@ def finished_folder(stub: Any, photo: Path, meta: dict[str, str]) -> fp.Folder:
     return stub.GetFolder(fp.GetFolderRequest(folder_id=folder.id))
 
 
-def expect(code: grpc.StatusCode, call: Any, *words: str) -> None:
+def expect(code: grpc.StatusCode, call: Callable[[], object], *words: str) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     assert caught.value.code() == code, f"{caught.value.code()}: {caught.value.details()}"
@@ -79,7 +84,8 @@ def refused(reason: str, token: str, jwks: Any, **expected: Any) -> VerdictError
 
 
 def claims_of(token: str) -> dict[str, Any]:
-    return json.loads(b64d(token.split(".")[1]))
+    claims: dict[str, Any] = json.loads(b64d(token.split(".")[1]))
+    return claims
 
 
 class OwnKey:
@@ -126,7 +132,7 @@ def test_a_good_token_gives_its_claims() -> None:
     assert verdict.expires_at - verdict.issued_at == timedelta(minutes=5)
     assert verdict.key_id == key.jwk["kid"]
     with pytest.raises(AttributeError):
-        verdict.resolution = "DECLINED"  # type: ignore[misc]
+        verdict.resolution = "DECLINED"  # type: ignore[misc]  # frozen: refused at run time
     # the JWK set may also be given parsed, or as one JWK
     assert verify_verdict(key.sign(verdict_claims()), json.loads(key.jwks)).folder == "f-1"
     assert verify_verdict(key.sign(verdict_claims()), key.jwk).folder == "f-1"
@@ -338,7 +344,7 @@ def test_unfinished_and_foreign_folders_get_no_verdict(api_server: ServerThread)
         upload(stub, pending.id, read(FACES / "obama2.jpg"), ["photo_selfie"])
         company_id = auth_pb2_grpc.AuthStub(channel).WhoAmI(auth_pb2.WhoAmIRequest()).company_id
 
-        def queue_held(session: Any) -> str:
+        def queue_held(session: Session) -> str:
             """A LIVENESS analysis held by a worker that never finishes: PROCESSING for sure."""
             [row] = analyses.create_analyses(
                 pending.id,
@@ -364,15 +370,17 @@ def test_unfinished_and_foreign_folders_get_no_verdict(api_server: ServerThread)
 
 def _no_verdicts_yet(
     api_server: ServerThread,
-    verdicts: Any,
-    stub: Any,
+    verdicts: auth_pb2_grpc.VerdictsStub,
+    stub: folders_pb2_grpc.FoldersStub,
     stranger: str,
     done: fp.Folder,
     empty: fp.Folder,
     pending: fp.Folder,
     held: str,
 ) -> None:
-    def verdict(folder_id: str, analysis_id: str = "", stub: Any = verdicts) -> Any:
+    def verdict(
+        folder_id: str, analysis_id: str = "", stub: auth_pb2_grpc.VerdictsStub = verdicts
+    ) -> Callable[[], object]:
         request = auth_pb2.GetVerdictRequest(folder_id=folder_id, analysis_id=analysis_id)
         return lambda: stub.GetVerdict(request)
 

@@ -4,6 +4,8 @@ on videos encoded here from the real photos."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,7 @@ from vigil.inference.video.decode import (
 from vigil.inference.video.replay import ReplayMemory, frame_hash
 from vigil.inference.video.signals import (
     SignalPolicy,
+    TimingCheck,
     capture_signals,
     identity_check,
     interquartile_mean,
@@ -96,7 +99,7 @@ def test_chunked_stream_decodes_the_same(mp4: bytes) -> None:
 
 
 def test_chunked_stream_stops_at_the_byte_limit_and_on_a_non_video(mp4: bytes) -> None:
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks() -> Iterator[bytes]:
         yield mp4[:1000]
         raise AssertionError("read past the limit")
 
@@ -107,7 +110,7 @@ def test_chunked_stream_stops_at_the_byte_limit_and_on_a_non_video(mp4: bytes) -
         decode_video_chunks(iter([jpeg[:64], jpeg[64:]]), LIMITS, SAMPLING)
 
 
-BAD = {
+BAD: dict[str, tuple[Callable[[bytes], bytes], type[InvalidMedia], str]] = {
     "empty": (lambda mp4: b"", InvalidMedia, "empty"),
     "truncated": (lambda mp4: mp4[: len(mp4) // 2], InvalidMedia, "truncated"),
     "header only": (lambda mp4: mp4[:40], InvalidMedia, "corrupt or truncated"),
@@ -157,17 +160,24 @@ def test_identity_check_finds_the_other_person() -> None:
     assert not subject_changed(identity_check(one_glitch, 0.6))
 
 
+def judged(timestamps_ms: list[float]) -> TimingCheck:
+    """``timing_check`` of enough timestamps to judge."""
+    check = timing_check(timestamps_ms)
+    assert check is not None
+    return check
+
+
 def test_timing_checks() -> None:
     assert timing_check([0.0, 33.3]) is None  # too few to judge
     exact = [i * 1000 / 30 for i in range(30)]
-    assert timing_check(exact).regular  # type: ignore[union-attr]
+    assert judged(exact).regular
     rng = np.random.default_rng(1)
     camera = list(np.cumsum(33.3 + rng.normal(0, 1.5, 30)))
     check = timing_check(camera)
     assert check is not None and not check.regular and not check.irregular
-    assert timing_check([*camera[:10], camera[9], *camera[10:]]).irregular  # type: ignore[union-attr]
+    assert judged([*camera[:10], camera[9], *camera[10:]]).irregular
     gap = camera[:15] + [t + 2000 for t in camera[15:]]
-    assert timing_check(gap).irregular  # type: ignore[union-attr]
+    assert judged(gap).irregular
 
 
 def test_virtual_cameras_and_emulators_are_named() -> None:

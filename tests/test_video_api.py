@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypedDict, Unpack
 
 import cv2
 import grpc
@@ -16,13 +17,23 @@ import pytest
 from tests.conftest import FACES, SPOOF, ServerThread
 from tests.videos import audio_only_mp4, encode, huge_mp4, motion_frames, ten_hours_mp4
 from vigil.server.video import replay_memory_for
-from vigil.v1 import common_pb2, instant_pb2, video_pb2
+from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc, video_pb2
 
 FRAMES = 36  # 2.4 s at 15 fps, 480×640 portrait
 
+Stub = instant_pb2_grpc.InstantStub
+Clips = dict[str, list[np.ndarray]]
+
+
+class Capture(TypedDict, total=False):
+    """The capture metadata a test sends with a video."""
+
+    camera_label: str
+    frame_timestamps_ms: list[float]
+
 
 @pytest.fixture(scope="module")
-def clips() -> dict[str, list[np.ndarray]]:
+def clips() -> Clips:
     obama = motion_frames(FACES / "obama.jpg", FRAMES, seed=1)
     biden = motion_frames(FACES / "biden.jpg", FRAMES, seed=2)
     return {
@@ -35,28 +46,28 @@ def clips() -> dict[str, list[np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def videos(clips: dict[str, list[np.ndarray]]) -> dict[str, bytes]:
+def videos(clips: Clips) -> dict[str, bytes]:
     return {name: encode(frames) for name, frames in clips.items()}
 
 
 @pytest.fixture(autouse=True)
 def fresh_replay_memory(server: ServerThread) -> None:
     """Every test starts with a replica that has seen nothing (replay is tested on purpose)."""
-    replay_memory_for(server.running.engine).clear()
+    replay_memory_for(server.vigil.engine).clear()
 
 
-def check(stub, data: bytes, **capture: object) -> instant_pb2.LivenessResponse:  # type: ignore[no-untyped-def]
+def check(stub: Stub, data: bytes, **capture: Unpack[Capture]) -> instant_pb2.LivenessResponse:
     request = instant_pb2.LivenessRequest(
         image=common_pb2.Media(data=data), capture=video_pb2.CaptureInfo(**capture)
     )
     return stub.CheckLiveness(request, timeout=60)
 
 
-def signals(reply) -> dict[str, video_pb2.LivenessSignal]:  # type: ignore[no-untyped-def]
+def signals(reply: instant_pb2.LivenessResponse) -> dict[str, video_pb2.LivenessSignal]:
     return {s.name: s for s in reply.signals}
 
 
-def test_live_video_is_live_with_detail_and_best_shot(stub, videos) -> None:  # type: ignore[no-untyped-def]
+def test_live_video_is_live_with_detail_and_best_shot(stub: Stub, videos: dict[str, bytes]) -> None:
     reply = check(stub, videos["live"])
     assert reply.live and reply.score > 0.9 and reply.aggregation == "interquartile_mean"
     video = reply.video
@@ -79,19 +90,20 @@ def test_live_video_is_live_with_detail_and_best_shot(stub, videos) -> None:  # 
     }
     best = reply.best_shot
     image = cv2.imdecode(np.frombuffer(best.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
     assert image.shape == (640, 480, 3) and (best.width, best.height) == (480, 640)
     assert best.frame_index in {f.index for f in reply.frames}
     assert reply.face.box.width > 100 and best.quality > 0
 
 
 @pytest.mark.parametrize("name", ["print", "screen"])
-def test_spoof_sample_videos_are_spoof(stub, videos, name) -> None:  # type: ignore[no-untyped-def]
+def test_spoof_sample_videos_are_spoof(stub: Stub, videos: dict[str, bytes], name: str) -> None:
     reply = check(stub, videos[name])
     assert not reply.live and reply.score < 0.5, f"{name}: score {reply.score:.3f}"
     assert not any(s.declines for s in reply.signals)  # judged by the models, not a signal
 
 
-def test_webm_and_rotated_mov_are_read(stub, clips) -> None:  # type: ignore[no-untyped-def]
+def test_webm_and_rotated_mov_are_read(stub: Stub, clips: Clips) -> None:
     webm = check(stub, encode(clips["live"], "webm", "libvpx-vp9"))
     assert webm.live and webm.video.content_type == "video/webm" and webm.video.codec == "vp9"
     sideways = [np.ascontiguousarray(np.rot90(f)) for f in clips["live"]]
@@ -105,7 +117,7 @@ def test_webm_and_rotated_mov_are_read(stub, clips) -> None:  # type: ignore[no-
     assert signals(mov)["replay_frames"].triggered and not mov.live
 
 
-def test_person_switch_is_declined(stub, videos) -> None:  # type: ignore[no-untyped-def]
+def test_person_switch_is_declined(stub: Stub, videos: dict[str, bytes]) -> None:
     reply = check(stub, videos["switch"])
     changed = signals(reply)["subject_changed"]
     assert changed.triggered and changed.declines and not reply.live
@@ -114,7 +126,7 @@ def test_person_switch_is_declined(stub, videos) -> None:  # type: ignore[no-unt
     assert 3 <= subjects.count(False) <= 9
 
 
-def test_resubmitted_video_is_flagged_as_replay(stub, videos) -> None:  # type: ignore[no-untyped-def]
+def test_resubmitted_video_is_flagged_as_replay(stub: Stub, videos: dict[str, bytes]) -> None:
     first = check(stub, videos["live"])
     assert first.live and not signals(first)["replay_media"].triggered
     again = check(stub, videos["live"])
@@ -123,7 +135,7 @@ def test_resubmitted_video_is_flagged_as_replay(stub, videos) -> None:  # type: 
     assert replay["replay_frames"].triggered and not again.live
 
 
-def test_capture_metadata_signals(stub, videos) -> None:  # type: ignore[no-untyped-def]
+def test_capture_metadata_signals(stub: Stub, videos: dict[str, bytes]) -> None:
     regular = [i * 1000 / 15 for i in range(FRAMES)]
     reply = check(
         stub, videos["live"], camera_label="OBS Virtual Camera", frame_timestamps_ms=regular
@@ -134,14 +146,14 @@ def test_capture_metadata_signals(stub, videos) -> None:  # type: ignore[no-unty
     assert "obs virtual" in found["virtual_camera"].detail
 
 
-def test_video_without_a_face_is_no_face(stub, videos) -> None:  # type: ignore[no-untyped-def]
+def test_video_without_a_face_is_no_face(stub: Stub, videos: dict[str, bytes]) -> None:
     with pytest.raises(grpc.RpcError) as info:
         check(stub, videos["empty"])
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "no face in any of the 12 sampled frames" in info.value.details()
+    assert "no face in any of the 12 sampled frames" in (info.value.details() or "")
 
 
-BAD = {
+BAD: dict[str, tuple[Callable[[bytes], bytes], grpc.StatusCode, str]] = {
     "zero bytes": (lambda live: b"", grpc.StatusCode.INVALID_ARGUMENT, "image.data is required"),
     "truncated MP4": (
         lambda live: live[: len(live) // 2],
@@ -168,15 +180,15 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_videos_get_a_precise_status(stub, videos, case) -> None:  # type: ignore[no-untyped-def]
+def test_bad_videos_get_a_precise_status(stub: Stub, videos: dict[str, bytes], case: str) -> None:
     make, code, words = BAD[case]
     with pytest.raises(grpc.RpcError) as info:
         check(stub, make(videos["live"]))
-    assert info.value.code() == code and words in info.value.details()
+    assert info.value.code() == code and words in (info.value.details() or "")
     assert stub.GetServerInfo(instant_pb2.GetServerInfoRequest(), timeout=5).version
 
 
-def test_extension_and_declared_type_are_not_trusted(stub, clips) -> None:  # type: ignore[no-untyped-def]
+def test_extension_and_declared_type_are_not_trusted(stub: Stub, clips: Clips) -> None:
     webm = encode(clips["live"][:20], "webm", "libvpx")  # "selfie.mp4" that is really WebM/VP8
     request = instant_pb2.LivenessRequest(
         image=common_pb2.Media(data=webm, content_type="video/mp4")
@@ -192,7 +204,9 @@ def jpeg(frame: np.ndarray) -> bytes:
     return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
-def play(frames: list[np.ndarray], fps: float = 15.0, sent: list[int] | None = None) -> Iterator:  # type: ignore[type-arg]
+def play(
+    frames: list[np.ndarray], fps: float = 15.0, sent: list[int] | None = None
+) -> Iterator[video_pb2.StreamLivenessRequest]:
     """The stream's messages at the camera's pace, stamped with a camera clock's capture times
     (the nominal time plus a sensor's jitter of about a millisecond)."""
     capture = video_pb2.CaptureInfo(camera_label="FaceTime HD Camera")
@@ -208,7 +222,7 @@ def play(frames: list[np.ndarray], fps: float = 15.0, sent: list[int] | None = N
         yield video_pb2.StreamLivenessRequest(frame=message)
 
 
-def test_stream_gives_a_verdict_before_the_video_ends(stub, clips) -> None:  # type: ignore[no-untyped-def]
+def test_stream_gives_a_verdict_before_the_video_ends(stub: Stub, clips: Clips) -> None:
     sent: list[int] = []
     updates = list(stub.StreamLiveness(play(clips["live"], sent=sent), timeout=60))
     final = updates[-1]
@@ -224,12 +238,12 @@ def test_stream_gives_a_verdict_before_the_video_ends(stub, clips) -> None:  # t
     assert not [s for s in final.signals if s.triggered], final.signals
 
 
-def test_stream_of_a_spoof_is_spoof(stub, clips) -> None:  # type: ignore[no-untyped-def]
+def test_stream_of_a_spoof_is_spoof(stub: Stub, clips: Clips) -> None:
     final = list(stub.StreamLiveness(play(clips["screen"]), timeout=60))[-1]
     assert final.outcome == video_pb2.STREAM_OUTCOME_SPOOF and final.score < 0.5
 
 
-def test_stream_without_a_face_ends_clearly(stub, clips) -> None:  # type: ignore[no-untyped-def]
+def test_stream_without_a_face_ends_clearly(stub: Stub, clips: Clips) -> None:
     started = time.monotonic()
     updates = list(stub.StreamLiveness(play(clips["empty"], fps=30), timeout=60))
     final = updates[-1]
@@ -238,14 +252,14 @@ def test_stream_without_a_face_ends_clearly(stub, clips) -> None:  # type: ignor
     assert time.monotonic() - started < 10
 
 
-def test_stream_ended_by_the_client_early_is_inconclusive(stub, clips) -> None:  # type: ignore[no-untyped-def]
+def test_stream_ended_by_the_client_early_is_inconclusive(stub: Stub, clips: Clips) -> None:
     final = list(stub.StreamLiveness(play(clips["live"][:2]), timeout=60))[-1]
     assert final.outcome == video_pb2.STREAM_OUTCOME_INCONCLUSIVE
     assert "the client ended the stream" in final.reason
 
 
-def test_stream_accepts_raw_frames_and_refuses_a_bad_one(stub, clips) -> None:  # type: ignore[no-untyped-def]
-    def raw(frames):  # type: ignore[no-untyped-def]
+def test_stream_accepts_raw_frames_and_refuses_a_bad_one(stub: Stub, clips: Clips) -> None:
+    def raw(frames: list[np.ndarray]) -> Iterator[video_pb2.StreamLivenessRequest]:
         for i, frame in enumerate(frames):
             rgb = np.ascontiguousarray(frame[:, :, ::-1])
             pixels = video_pb2.RawFrame(
@@ -258,12 +272,14 @@ def test_stream_accepts_raw_frames_and_refuses_a_bad_one(stub, clips) -> None:  
 
     updates = list(stub.StreamLiveness(raw(clips["live"][:30]), timeout=60))
     assert updates[-1].outcome == video_pb2.STREAM_OUTCOME_LIVE
-    bad = video_pb2.RawFrame(data=b"\0" * 10, width=480, height=640, format=1)
+    bad = video_pb2.RawFrame(
+        data=b"\0" * 10, width=480, height=640, format=video_pb2.RawFrame.FORMAT_BGR24
+    )
     request = video_pb2.StreamLivenessRequest(frame=video_pb2.StreamFrame(raw=bad))
     with pytest.raises(grpc.RpcError) as info:
         list(stub.StreamLiveness(iter([request]), timeout=30))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "480×640×3 expected" in info.value.details()
+    assert "480×640×3 expected" in (info.value.details() or "")
 
 
 def _task_count() -> int:
@@ -274,7 +290,9 @@ async def _count() -> int:
     return _task_count()
 
 
-def test_client_disconnect_leaves_nothing_running(server, stub, clips) -> None:  # type: ignore[no-untyped-def]
+def test_client_disconnect_leaves_nothing_running(
+    server: ServerThread, stub: Stub, clips: Clips
+) -> None:
     baseline = server.call(_count)
     call = stub.StreamLiveness(play(clips["live"] * 4, fps=15), timeout=60)
     first = next(call)

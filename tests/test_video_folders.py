@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import cv2
+import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import FACES, ROOT
+from tests.conftest import FACES, ROOT, Metadata, ServerThread
 from tests.test_folders_api import BEST_SHOT, BIOMETRY, LIVENESS, run, upload
 from tests.videos import encode, motion_frames
 from vigil.server.video import replay_memory_for
@@ -27,12 +28,17 @@ def selfie_video() -> bytes:
 
 
 @pytest.fixture
-def stub(api_channel):  # type: ignore[no-untyped-def]
+def stub(api_channel: grpc.Channel) -> folders_pb2_grpc.FoldersStub:
     return folders_pb2_grpc.FoldersStub(api_channel)
 
 
-def test_liveness_best_shot_and_biometry_on_a_video(api_server, stub, company, selfie_video):  # type: ignore[no-untyped-def]
-    replay_memory_for(api_server.running.engine).clear()
+def test_liveness_best_shot_and_biometry_on_a_video(
+    api_server: ServerThread,
+    stub: folders_pb2_grpc.FoldersStub,
+    company: Metadata,
+    selfie_video: bytes,
+) -> None:
+    replay_memory_for(api_server.vigil.engine).clear()
     folder = stub.CreateFolder(fp.CreateFolderRequest(meta={"tx": "video"}), metadata=company)
     photo = upload(
         stub, company, folder.id, (FACES / "obama2.jpg").read_bytes(), ["photo_id_front"]
@@ -60,6 +66,7 @@ def test_liveness_best_shot_and_biometry_on_a_video(api_server, stub, company, s
     chunks = stub.DownloadMedia(fp.DownloadMediaRequest(media_id=shot.id), metadata=company)
     data = b"".join(c.data for c in chunks)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
     assert image.shape == (640, 480, 3) and len(data) == shot.size
 
     bio = results[fp.ANALYSIS_TYPE_BIOMETRY]
@@ -76,7 +83,7 @@ def test_liveness_best_shot_and_biometry_on_a_video(api_server, stub, company, s
 
 
 @pytest.fixture
-def cli_env(server, models_dir) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def cli_env(server: ServerThread, models_dir: Path) -> dict[str, str]:
     values = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     values.update(VIGIL_API_KEY=server.admin_key, VIGIL_SERVER=server.address)
     return values
@@ -93,14 +100,16 @@ def _vigil(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_liveness_and_stream_on_a_video(server, cli_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    replay_memory_for(server.running.engine).clear()
+def test_cli_liveness_and_stream_on_a_video(
+    server: ServerThread, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    replay_memory_for(server.vigil.engine).clear()
     path = tmp_path / "selfie.mp4"
     path.write_bytes(encode(motion_frames(FACES / "biden.jpg", 36, seed=12)))
     done = _vigil("liveness", str(path), env=cli_env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("LIVE score=") and "video 480x640 h264" in done.stdout
-    replay_memory_for(server.running.engine).clear()
+    replay_memory_for(server.vigil.engine).clear()
     done = _vigil("stream", str(path), "--json", env=cli_env)
     assert done.returncode == 0, done.stderr
     updates = [json.loads(line) for line in done.stdout.splitlines()]

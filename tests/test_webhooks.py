@@ -14,12 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 import pytest
+from google.protobuf.message import Message
+from sqlmodel import Session
 
-from tests.conftest import FACES, ServerThread, make_settings, read
+from tests.conftest import FACES, Metadata, ServerThread, make_settings, read
 from vigil.inference.errors import InvalidArgument, NotFound
 from vigil.server.context import AppContext
 from vigil.server.jobs import webhooks as webhook_dispatch
@@ -29,6 +31,8 @@ from vigil.storage import folders, webhooks
 from vigil.storage.db import Database, migrate
 from vigil.storage.tables import Folder, Webhook, WebhookDelivery, utcnow
 from vigil.v1 import folders_pb2, folders_pb2_grpc, webhooks_pb2, webhooks_pb2_grpc
+
+T = TypeVar("T")
 
 SECRET = "s3cr3t-s3cr3t"
 BODY = b'{"event":"folder.final","folder_id":"abc"}'
@@ -200,7 +204,7 @@ def db(database_url: str) -> Iterator[Database]:
     database.dispose()
 
 
-def run(db: Database, work: Callable[[Any], Any]) -> Any:
+def run(db: Database, work: Callable[[Session], T]) -> T:
     with db.session() as session:
         result = work(session)
         session.commit()
@@ -218,7 +222,7 @@ class World:
 
 @pytest.fixture
 def world(db: Database) -> World:
-    def build(s: Any) -> World:
+    def build(s: Session) -> World:
         a = folders.ensure_company("a", session=s).id
         b = folders.ensure_company("b", session=s).id
         return World(
@@ -229,7 +233,7 @@ def world(db: Database) -> World:
             folders.create_folder({}, company_id=b, session=s),
         )
 
-    return run(db, build)  # type: ignore[no-any-return]
+    return run(db, build)
 
 
 def test_backoff_doubles_and_is_capped() -> None:
@@ -289,12 +293,12 @@ def test_webhooks_per_company_are_capped(
 
 
 def _enqueue(db: Database, folder: Folder, payload: dict[str, Any] | None = None) -> int:
-    def work(s: Any) -> int:
-        return webhooks.enqueue_folder_event(
-            s.get(Folder, folder.id), payload or {"folder_id": folder.id}, session=s
-        )
+    def work(s: Session) -> int:
+        row = s.get(Folder, folder.id)
+        assert row is not None
+        return webhooks.enqueue_folder_event(row, payload or {"folder_id": folder.id}, session=s)
 
-    return run(db, work)  # type: ignore[no-any-return]
+    return run(db, work)
 
 
 def _subscribe(db: Database, world: World) -> tuple[Webhook, Webhook]:
@@ -352,8 +356,15 @@ def test_events_fan_out_to_the_subscriptions_covering_the_folder(
         )
 
 
+def _due_now(db: Database, delivery_id: str) -> None:
+    run(
+        db,
+        lambda s: s.get(WebhookDelivery, delivery_id).__setattr__("next_attempt_at", utcnow()),
+    )
+
+
 def _claim(db: Database, worker: str = "w1", lease_s: float = 60.0) -> WebhookDelivery | None:
-    return run(db, lambda s: webhooks.claim_delivery(worker, lease_s, session=s))  # type: ignore[no-any-return]
+    return run(db, lambda s: webhooks.claim_delivery(worker, lease_s, session=s))
 
 
 def _record(
@@ -366,7 +377,7 @@ def _record(
     base: float = 0.0,
     error: str = "",
 ) -> WebhookDelivery | None:
-    return run(  # type: ignore[no-any-return]
+    return run(
         db,
         lambda s: webhooks.record_attempt(
             delivery_id,
@@ -419,10 +430,7 @@ def test_failures_back_off_then_fail_after_max_attempts(db: Database, world: Wor
     wait = retry.next_attempt_at - before
     assert timedelta(seconds=0.9) <= wait <= timedelta(seconds=3)
     assert _claim(db) is None  # not due yet
-    run(
-        db,
-        lambda s: s.get(WebhookDelivery, claimed.id).__setattr__("next_attempt_at", utcnow()),
-    )
+    _due_now(db, claimed.id)
     claimed = _claim(db)
     assert claimed is not None
     before = utcnow()
@@ -430,10 +438,7 @@ def test_failures_back_off_then_fail_after_max_attempts(db: Database, world: Wor
     assert retry is not None
     wait = retry.next_attempt_at - before
     assert timedelta(seconds=1.9) <= wait <= timedelta(seconds=4)  # doubled
-    run(
-        db,
-        lambda s: s.get(WebhookDelivery, claimed.id).__setattr__("next_attempt_at", utcnow()),
-    )
+    _due_now(db, claimed.id)
     delivery_id = claimed.id
     for _ in range(2):  # base 0: due at once
         claimed = _claim(db)
@@ -482,7 +487,7 @@ def test_released_deliveries_are_due_again(db: Database, world: World) -> None:
 
 
 def test_concurrent_claims_never_take_one_delivery_twice(db: Database, world: World) -> None:
-    def subscribe(s: Any) -> None:
+    def subscribe(s: Session) -> None:
         for n in range(12):
             webhooks.create_webhook(f"http://h{n}/", None, company_id=world.a, session=s)
 
@@ -518,14 +523,16 @@ class StandInApp:
     settings: Settings
     deliveries_queued: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def db(self, work: Callable[[Any], Any]) -> Any:
+    async def db(self, work: Callable[[Session], T]) -> T:
         return await asyncio.to_thread(run, self.database, work)
 
 
 async def _dispatched(db: Database, world: World, url: str) -> tuple[StandInApp, str]:
-    def subscribe(s: Any) -> str:
+    def subscribe(s: Session) -> str:
         webhooks.create_webhook(url, None, company_id=world.a, session=s)
-        webhooks.enqueue_folder_event(s.get(Folder, world.other.id), {"x": 1}, session=s)
+        folder = s.get(Folder, world.other.id)
+        assert folder is not None
+        webhooks.enqueue_folder_event(folder, {"x": 1}, session=s)
         (delivery,) = webhooks.list_deliveries(company_id=world.a, session=s)
         return delivery.id
 
@@ -534,7 +541,9 @@ async def _dispatched(db: Database, world: World, url: str) -> tuple[StandInApp,
 
 
 async def _delivery(app: StandInApp, delivery_id: str) -> WebhookDelivery:
-    return await app.db(lambda s: s.get(WebhookDelivery, delivery_id))  # type: ignore[no-any-return]
+    delivery = await app.db(lambda s: s.get(WebhookDelivery, delivery_id))
+    assert delivery is not None
+    return delivery
 
 
 async def test_redirects_are_not_followed(
@@ -655,7 +664,7 @@ def receiver() -> Iterator[Receiver]:
         thread.join(10)
 
 
-def _company_name(company: tuple[tuple[str, str], ...]) -> str:
+def _company_name(company: Metadata) -> str:
     return company[0][1]
 
 
@@ -664,7 +673,7 @@ def _folder_event(server: ServerThread, company_name: str) -> tuple[str, dict[st
     assert server.running is not None
     app = server.running.app
 
-    def work(s: Any) -> tuple[str, dict[str, Any]]:
+    def work(s: Session) -> tuple[str, dict[str, Any]]:
         company_id = folders.ensure_company(company_name, session=s).id
         folder = folders.create_folder({"case": "webhook"}, company_id=company_id, session=s)
         payload = {"event": "folder.final", "folder_id": folder.id, "resolution": "SUCCESS"}
@@ -678,7 +687,7 @@ def _folder_event(server: ServerThread, company_name: str) -> tuple[str, dict[st
 
 def _wait_for_state(
     stub: webhooks_pb2_grpc.WebhooksStub,
-    company: Any,
+    company: Metadata,
     folder_id: str,
     state: int,
     timeout_s: float = 15.0,
@@ -698,7 +707,7 @@ def _wait_for_state(
 def test_a_folder_event_is_delivered_signed_and_retried(
     api_server: ServerThread,
     api_channel: grpc.Channel,
-    company: Any,
+    company: Metadata,
     receiver: Receiver,
     fast_retries: None,
 ) -> None:
@@ -741,7 +750,7 @@ def test_a_folder_event_is_delivered_signed_and_retried(
 
 
 def test_an_unreachable_target_is_retried_then_failed(
-    api_server: ServerThread, api_channel: grpc.Channel, company: Any, fast_retries: None
+    api_server: ServerThread, api_channel: grpc.Channel, company: Metadata, fast_retries: None
 ) -> None:
     assert api_server.running is not None
     attempts = api_server.running.app.settings.webhook_max_attempts
@@ -763,15 +772,17 @@ def test_an_unreachable_target_is_retried_then_failed(
 
 
 def test_webhook_api_errors(
-    api_server: ServerThread, api_channel: grpc.Channel, company: Any
+    api_server: ServerThread, api_channel: grpc.Channel, company: Metadata
 ) -> None:
     stub = webhooks_pb2_grpc.WebhooksStub(api_channel)
     other = (("vigil-company", _company_name(company) + "-other"),)
 
-    def code(call: Any, request: Any, metadata: Any = company) -> grpc.StatusCode:
+    def code(
+        call: Callable[..., object], request: Message, metadata: Metadata = company
+    ) -> grpc.StatusCode:
         with pytest.raises(grpc.RpcError) as caught:
             call(request, metadata=metadata)
-        return caught.value.code()  # type: ignore[no-any-return]
+        return caught.value.code()
 
     create = webhooks_pb2.CreateWebhookRequest
     assert code(stub.CreateWebhook, create(url="")) == grpc.StatusCode.INVALID_ARGUMENT
@@ -827,7 +838,7 @@ def test_private_targets_are_refused_unless_allowed(
             assert server.running is not None
             app = server.running.app
 
-            def subscribe(s: Any) -> None:
+            def subscribe(s: Session) -> None:
                 # the company of the channel's key (see tests/conftest.py ServerThread.new_key)
                 company_id = folders.ensure_company("operator", session=s).id
                 s.add(Webhook(company_id=company_id, url=receiver.url + "/", secret="x" * 43))
@@ -853,7 +864,7 @@ def test_private_targets_are_refused_unless_allowed(
 def test_analyses_becoming_final_call_the_folder_webhook(
     api_server: ServerThread,
     api_channel: grpc.Channel,
-    company: Any,
+    company: Metadata,
     receiver: Receiver,
     fast_retries: None,
 ) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import FACES, ROOT, ServerThread, make_settings, read
@@ -44,7 +45,7 @@ def test_a_separate_worker_process_runs_the_queued_analyses(
             stub = folders_pb2_grpc.FoldersStub(channel)
             folder = stub.CreateFolder(fp.CreateFolderRequest())
 
-            def parts():  # type: ignore[no-untyped-def]
+            def parts() -> Iterator[fp.UploadMediaRequest]:
                 header = fp.UploadMediaHeader(folder_id=folder.id, tags=["photo_selfie"])
                 yield fp.UploadMediaRequest(header=header)
                 yield fp.UploadMediaRequest(chunk=read(FACES / "obama2.jpg"))

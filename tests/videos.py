@@ -72,6 +72,7 @@ def encode(
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=fps, options=options)
+        assert isinstance(stream, av.VideoStream)  # ``codec`` names a video codec
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if pts is not None:
             stream.codec_context.time_base = Fraction(1, fps)
