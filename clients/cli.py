@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser, commands = _parser()
     if argv[:1] and argv[0] in SERVER_COMMANDS and argv[0] not in commands:
         print(
-            f"vigil: `vigil {argv[0]}` is part of the server; install it: pip install vigil",
+            f"vigil: `vigil {argv[0]}` is part of the vigil server, which is not installed here: "
+            "install its wheel (vigil-VERSION-py3-none-any.whl; `make wheels`) beside vigil-client",
             file=sys.stderr,
         )
         return 2

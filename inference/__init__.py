@@ -1,1 +1,2 @@
-"""vigil's inference engine: media decoding, detection, alignment, models, batching, backends."""
+"""vigil's inference engine: media decoding, detection, alignment, models, batching, backends,
+the decisions (live, match) and video liveness (``video``)."""

@@ -1,3 +1,6 @@
-"""vigil's gRPC application: servicers, interceptors, settings, and the command line."""
+"""vigil's gRPC application: the API (servicers), security, jobs, settings and the command line."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+#: The installed server distribution's version (pyproject.toml holds it, once).
+__version__ = version("vigil")
