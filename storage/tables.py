@@ -211,3 +211,25 @@ class AuditEvent(SQLModel, table=True):
     object_type: str = Field(default="", max_length=32)
     object_id: str = Field(default="", max_length=64)
     status: str = Field(max_length=32)
+
+
+class Challenge(SQLModel, table=True):
+    """An active-liveness challenge: gestures the server chose, answered at most once.
+
+    ``consumed_at`` is set atomically by the first answer (an UPDATE guarded by ``consumed_at IS
+    NULL``), so a second answer, or a replay of the first, is refused.
+    """
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    company_id: str = Field(foreign_key="company.id", max_length=32, index=True)
+    #: 128 random bits, hex; the signed verdict carries it.
+    nonce: str = Field(max_length=32)
+    #: The gesture names, in the order they must be performed.
+    gestures: list[str] = _json(list)
+    #: Each gesture must be performed within this many ms (of the previous one / the start).
+    gesture_window_ms: int
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    consumed_at: datetime | None = None
+    #: The answer's resolution (a Resolution name), "" until answered.
+    outcome: str = Field(default="", max_length=32)
