@@ -162,6 +162,43 @@ def test_plan_profiles_fixed_detection_size() -> None:
     assert profile.range("input").max == (1, 3, 480, 640)
 
 
+def test_plan_profiles_follow_the_configured_batch_size() -> None:
+    """The batchers send up to the server's batch size, not the catalog's 32."""
+    assert [p.describe() for p in plan.plan_profiles(DLIB_RESNET, max_batch=64)] == [
+        "input:1x3x150x150/1x3x150x150/4x3x150x150",
+        "input:5x3x150x150/64x3x150x150/64x3x150x150",
+    ]
+    assert [p.describe() for p in plan.plan_profiles(MINIFASNET_V2, max_batch=1)] == [
+        "input:1x3x80x80/1x3x80x80/1x3x80x80"
+    ]
+    buckets = plan.plan_profiles(DLIB_RESNET, mode="buckets", max_batch=128)
+    assert [p.max_batch for p in buckets] == [1, 2, 4, 8, 16, 32, 64, 128]
+    # a fixed batch of 1 stays 1
+    assert plan.plan_profiles(YUNET, max_batch=64)[0].max_batch == 1
+
+
+@pytest.mark.parametrize(
+    ("max_side", "low", "side"), [(640, 32, 640), (1000, 32, 1024), (1920, 32, 1920), (20, 32, 32)]
+)
+def test_detector_spatial_from_the_detection_size(max_side: int, low: int, side: int) -> None:
+    spatial = plan.detector_spatial(max_side)
+    assert spatial == plan.SpatialRange((low, low), (side, side), (side, side))
+    (profile,) = plan.plan_profiles(YUNET, spatial=spatial)
+    assert profile.range("input").max == (1, 3, side, side)
+    with pytest.raises(ValueError):
+        plan.detector_spatial(0)
+
+
+def test_detector_spatial_takes_every_shape_the_detector_feeds() -> None:
+    """Whatever the photo's aspect, the detector's padded input fits the profile."""
+    from vigil.inference.detector import prepare
+
+    (profile,) = plan.plan_profiles(YUNET, spatial=plan.detector_spatial(1000))
+    for h, w in ((3000, 4000), (4000, 3000), (1000, 1000), (5000, 200), (40, 30), (999, 1001)):
+        tensor, _ = prepare(np.zeros((h, w, 3), np.uint8), max_side=1000, min_side=320)
+        assert profile.accepts({"input": tensor.shape}), (h, w, tensor.shape)
+
+
 def test_plan_profiles_small_max_batch_and_errors() -> None:
     small = replace(MINIFASNET_V2, max_batch_size=3)
     assert [p.describe() for p in plan.plan_profiles(small)] == [
@@ -341,21 +378,29 @@ def _key(**changes: Any) -> plan.EngineCacheKey:
         gpu="NVIDIA H100 80GB HBM3 sm_90",
         profiles=plan.plan_profiles(DLIB_RESNET),
         precision="fp16",
+        workspace_bytes=1 << 30,
+        builder_flags=("STRONGLY_TYPED",),
+        optimization_level=3,
+        fp16_converter="onnxruntime 1.22.0",
     )
     return replace(base, **changes)
 
 
 def test_cache_key_canonical_text() -> None:
     assert json.loads(_key().canonical()) == {
+        "builder_flags": ["STRONGLY_TYPED"],
         "format": plan.CACHE_FORMAT,
+        "fp16_converter": "onnxruntime 1.22.0",
         "gpu": "NVIDIA H100 80GB HBM3 sm_90",
         "model_sha256": DLIB_RESNET.sha256,
+        "optimization_level": 3,
         "precision": "fp16",
         "profiles": [
             "input:1x3x150x150/1x3x150x150/4x3x150x150",
             "input:5x3x150x150/32x3x150x150/32x3x150x150",
         ],
         "trt_version": "11.4.0.106",
+        "workspace_bytes": 1 << 30,
     }
     assert _key().digest() == _key().digest()
     assert len(_key().digest()) == 24
@@ -370,11 +415,24 @@ def test_cache_key_canonical_text() -> None:
         {"gpu": "NVIDIA L4 sm_89"},
         {"precision": "fp32"},
         {"profiles": plan.plan_profiles(DLIB_RESNET, mode="buckets")},
+        {"profiles": plan.plan_profiles(DLIB_RESNET, max_batch=64)},
+        {"workspace_bytes": 1 << 31},
+        {"builder_flags": ("-TF32", "STRONGLY_TYPED")},
+        {"optimization_level": 5},
+        {"fp16_converter": "onnxruntime 1.23.0"},
         {"cache_format": plan.CACHE_FORMAT + 1},
     ],
 )
 def test_cache_key_changes_with_every_field(change: dict[str, Any]) -> None:
     assert _key(**change).digest() != _key().digest()
+
+
+def test_timing_cache_name_per_trt_and_gpu() -> None:
+    name = plan.timing_cache_name("11.4.0.106", "NVIDIA H100 80GB HBM3 sm_90")
+    assert name == plan.timing_cache_name("11.4.0.106", "NVIDIA H100 80GB HBM3 sm_90")
+    assert name.startswith("timing.") and name.endswith(".cache")
+    assert name != plan.timing_cache_name("10.13.0.35", "NVIDIA H100 80GB HBM3 sm_90")
+    assert name != plan.timing_cache_name("11.4.0.106", "NVIDIA L4 sm_89")
 
 
 def test_engine_file_name() -> None:
@@ -452,13 +510,17 @@ class _CudaErrorT(IntEnum):
     """The fake's ``cudaError_t``: cuda-python returns members of such an enum."""
 
     cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
     cudaErrorIllegalAddress = 700
+    cudaErrorLaunchOutOfResources = 701
 
 
 class _FakeCudart(types.ModuleType):
     """Enough of ``cuda.bindings.runtime`` for the backend, with "device" memory in numpy."""
 
     cudaStreamNonBlocking = 1
+    cudaError_t = _CudaErrorT
 
     class cudaMemcpyKind:
         cudaMemcpyHostToDevice = 1
@@ -467,6 +529,9 @@ class _FakeCudart(types.ModuleType):
     def __init__(self, devices: int = 1) -> None:
         super().__init__("cuda.bindings.runtime")
         self.devices = devices
+        #: What ``cudaGetDeviceCount`` answers when there are no devices.
+        self.no_device_error: int = _CudaErrorT.cudaErrorNoDevice
+        self.synchronized: list[int] = []
         self.blocks: dict[int, np.ndarray] = {}
         self.freed: list[int] = []
         self.streams: set[int] = set()
@@ -484,7 +549,7 @@ class _FakeCudart(types.ModuleType):
         return (0,)
 
     def cudaGetDeviceCount(self) -> tuple[int, int | None]:
-        return (0, self.devices) if self.devices else (35, None)
+        return (0, self.devices) if self.devices else (self.no_device_error, None)
 
     def cudaSetDevice(self, device: int) -> tuple[int]:
         return (0,) if device < self.devices else (101,)
@@ -507,6 +572,7 @@ class _FakeCudart(types.ModuleType):
         return (0,)
 
     def cudaStreamSynchronize(self, stream: int) -> tuple[int]:
+        self.synchronized.append(stream)
         return (0,)
 
     def cudaMalloc(self, size: int) -> tuple[int, int]:
@@ -583,6 +649,9 @@ class _FakeTrt(types.ModuleType):
     class NetworkDefinitionCreationFlag:
         STRONGLY_TYPED = 5
 
+    class BuilderFlag:
+        TF32 = "tf32"
+
     def __init__(self, spec: ModelSpec, graph: Graph, version: str = "11.4.0.106") -> None:
         super().__init__("tensorrt")
         self.__version__ = version
@@ -605,10 +674,7 @@ class _FakeTrt(types.ModuleType):
                 )
 
             def create_builder_config(self) -> Any:
-                config = types.SimpleNamespace(profiles=[], pool={})
-                config.set_memory_pool_limit = config.pool.__setitem__
-                config.add_optimization_profile = config.profiles.append
-                return config
+                return _FakeBuilderConfig()
 
             def create_optimization_profile(self) -> Any:
                 profile = types.SimpleNamespace(shapes={})
@@ -618,7 +684,17 @@ class _FakeTrt(types.ModuleType):
                 return profile
 
             def build_serialized_network(self, network: Any, config: Any) -> bytes:
-                fake.builds.append({"flags": network.flags, "profiles": config.profiles})
+                fake.builds.append(
+                    {
+                        "flags": network.flags,
+                        "profiles": config.profiles,
+                        "cleared": set(config.cleared),
+                        "level": config.builder_optimization_level,
+                        "workspace": config.pool.get("workspace"),
+                        "timing_seed": config.timing_seed,
+                    }
+                )
+                config.timings = [*config.timings, f"build {len(fake.builds)}"]
                 return json.dumps([p.shapes for p in config.profiles]).encode()
 
         class OnnxParser:
@@ -649,6 +725,53 @@ class _FakeTrt(types.ModuleType):
     @staticmethod
     def nptype(dtype: Any) -> Any:
         return dtype
+
+
+class _FakeTimingCache:
+    def __init__(self, entries: list[str]) -> None:
+        self.entries = entries
+
+    def serialize(self) -> bytes:
+        return json.dumps(self.entries).encode()
+
+
+class _FakeBuilderConfig:
+    """``IBuilderConfig``: records flags, level, pool limits, profiles and the timing cache
+    (a JSON list of "timings"; anything else is refused like a foreign cache)."""
+
+    def __init__(self) -> None:
+        self.profiles: list[Any] = []
+        self.pool: dict[str, int] = {}
+        self.cleared: list[str] = []
+        self.builder_optimization_level = 3
+        self.timing_seed: list[str] | None = None
+        self.timings: list[str] = []
+
+    def set_memory_pool_limit(self, pool: str, size: int) -> None:
+        self.pool[pool] = size
+
+    def add_optimization_profile(self, profile: Any) -> None:
+        self.profiles.append(profile)
+
+    def clear_flag(self, flag: str) -> None:
+        self.cleared.append(flag)
+
+    def create_timing_cache(self, data: bytes) -> _FakeTimingCache:
+        if not data:
+            return _FakeTimingCache([])
+        try:
+            return _FakeTimingCache(list(json.loads(data)))
+        except ValueError:
+            raise RuntimeError("bad timing cache") from None
+
+    def set_timing_cache(self, cache: _FakeTimingCache, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False
+        self.timing_seed = list(cache.entries)
+        self.timings = list(cache.entries)
+        return True
+
+    def get_timing_cache(self) -> _FakeTimingCache:
+        return _FakeTimingCache(self.timings)
 
 
 class _FakeEngine:
@@ -771,7 +894,7 @@ def test_load_without_tensorrt_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(ModelError, match=r"pip install 'vigil\[gpu\]'"):
+    with pytest.raises(ModelError, match=r"pip install 'vigil\[gpu-cu12\]' or 'vigil\[gpu-cu13\]'"):
         trt_backend.TensorRTBackend().load(FAKE_SPEC, _onnx_file(tmp_path), BackendOptions())
 
 
@@ -794,6 +917,30 @@ def test_load_without_gpu(fake_gpu: FakeGpu, tmp_path: Path) -> None:
         trt_backend.TensorRTBackend().load(
             FAKE_SPEC, _onnx_file(tmp_path), BackendOptions(device_id=3)
         )
+
+
+def test_a_driver_too_old_for_the_runtime_is_named_not_no_gpu(
+    fake_gpu: FakeGpu, tmp_path: Path
+) -> None:
+    """CUDA 13's runtime on a CUDA 12 driver: cudaGetDeviceCount fails with
+    cudaErrorInsufficientDriver. Said by name, with the extras to choose from; not "no GPU"."""
+    _, cudart = fake_gpu(FAKE_SPEC, _fake_model, devices=0)
+    cudart.no_device_error = int(_CudaErrorT.cudaErrorInsufficientDriver)  # a plain int
+    with pytest.raises(ModelError) as info:
+        trt_backend.TensorRTBackend().load(FAKE_SPEC, _onnx_file(tmp_path), BackendOptions())
+    message = info.value.message
+    assert "cudaGetDeviceCount failed: cudaErrorInsufficientDriver (35)" in message
+    assert "vigil[gpu-cu12]" in message and "needs an NVIDIA GPU" not in message
+
+
+def test_cuda_error_names() -> None:
+    cudart = _FakeCudart()
+    assert trt_backend.cuda_error_name(cudart, _CudaErrorT.cudaErrorIllegalAddress) == (
+        "cudaErrorIllegalAddress"
+    )
+    assert trt_backend.cuda_error_name(cudart, 2) == "cudaErrorMemoryAllocation"
+    assert trt_backend.cuda_error_name(types.SimpleNamespace(), 999) == "cudaError 999"
+    assert str(trt_backend.CudaError("cudaFree", 999)) == "cudaFree failed: cudaError 999 (999)"
 
 
 def test_load_refuses_unknown_precision(tmp_path: Path) -> None:
@@ -836,14 +983,26 @@ def test_build_cache_and_infer_on_fakes(fake_gpu: FakeGpu, tmp_path: Path) -> No
             ((1, 3, 4, 4), (1, 3, 4, 4), (4, 3, 4, 4)),
             ((5, 3, 4, 4), (8, 3, 4, 4), (8, 3, 4, 4)),
         ]
+        # fp32 means fp32: TF32 (on by default in TensorRT) is cleared
+        assert built["cleared"] == {"tf32"}
+        assert (built["level"], built["workspace"]) == (3, 1 << 30)
+        assert built["timing_seed"] == []  # no timing cache yet
         key = plan.EngineCacheKey(
             model_sha256=FAKE_SPEC.sha256,
             trt_version="11.4.0.106",
             gpu="Fake GPU sm_90",
             profiles=plan.plan_profiles(FAKE_SPEC),
             precision="fp32",
+            workspace_bytes=1 << 30,
+            builder_flags=("-TF32", "STRONGLY_TYPED"),
+            optimization_level=3,
         )
-        assert [p.name for p in cache.iterdir()] == [plan.engine_file_name("fake-embed", key)]
+        timing = plan.timing_cache_name("11.4.0.106", "Fake GPU sm_90")
+        assert sorted(p.name for p in cache.iterdir()) == sorted(
+            [plan.engine_file_name("fake-embed", key), timing]
+        )
+        assert json.loads((cache / timing).read_bytes()) == ["build 1"]
+        assert fake_trt.deserialized == 2  # one engine copy per slot
         rng = np.random.default_rng(0)
         for batch in (1, 3, 4, 5, 8, 19):
             x = rng.normal(size=(batch, 3, 4, 4)).astype(np.float32)
@@ -868,17 +1027,27 @@ def test_build_cache_and_infer_on_fakes(fake_gpu: FakeGpu, tmp_path: Path) -> No
     with pytest.raises(Unavailable):
         model.infer({"input": np.zeros((1, 3, 4, 4), np.float32)})
 
-    # a second load finds the engine in the cache and builds nothing
+    # a second load finds the engine in the cache and builds nothing; the plan read from the
+    # cache is deserialized once per slot (the cache check's copy serves the first slot)
     again = backend.load(FAKE_SPEC, _onnx_file(tmp_path), options)
     again.unload()
     assert len(fake_trt.builds) == 1
-    # a corrupt cache file is rebuilt and replaced
-    (engine_file,) = cache.iterdir()
+    assert fake_trt.deserialized == 4
+    # a corrupt cache file is rebuilt and replaced; the build starts from the timing cache
+    (engine_file,) = cache.glob("*.engine")
     engine_file.write_bytes(b"not an engine")
     backend.load(FAKE_SPEC, _onnx_file(tmp_path), options).unload()
     assert len(fake_trt.builds) == 2
+    assert fake_trt.builds[1]["timing_seed"] == ["build 1"]
+    assert json.loads((cache / timing).read_bytes()) == ["build 1", "build 2"]
     json.loads(engine_file.read_bytes())
-    assert [p.name for p in cache.iterdir()] == [engine_file.name]  # no temp files left
+    assert sorted(p.name for p in cache.iterdir()) == sorted([engine_file.name, timing])
+    # a damaged timing cache is replaced by a fresh one, not fatal
+    (cache / timing).write_bytes(b"garbage")
+    engine_file.unlink()
+    backend.load(FAKE_SPEC, _onnx_file(tmp_path), options).unload()
+    assert fake_trt.builds[2]["timing_seed"] == []
+    assert json.loads((cache / timing).read_bytes()) == ["build 3"]
 
 
 def test_buckets_pad_and_slice_on_fakes(fake_gpu: FakeGpu, tmp_path: Path) -> None:
@@ -966,7 +1135,7 @@ def test_a_cuda_failure_during_inference_is_unavailable_without_cuda_detail(
     failing = [True]
 
     def synchronize(stream: int) -> tuple[int]:
-        return (_CudaErrorT.cudaErrorIllegalAddress if failing else 0,)
+        return (_CudaErrorT.cudaErrorLaunchOutOfResources if failing else 0,)
 
     def logged() -> str:
         return "\n".join(r.getMessage() for r in caplog.records if r.name == trt_backend.log.name)
@@ -983,10 +1152,10 @@ def test_a_cuda_failure_during_inference_is_unavailable_without_cuda_detail(
         assert grpc.StatusCode[error.status] == grpc.StatusCode.UNAVAILABLE
         assert error.reason == "GPU_FAILURE"
         assert error.message == "the GPU failed while running fake-embed; retry the call"
-        for internal in ("cuda", "700", "illegal", "Synchronize"):
+        for internal in ("cuda", "701", "resources", "synchronize"):
             assert internal not in error.message.lower()
-        assert "cudaStreamSynchronize failed: cudaErrorIllegalAddress (700)" in logged()
-        assert "an illegal memory access was encountered" in logged()
+        assert "cudaStreamSynchronize failed: cudaErrorLaunchOutOfResources (701)" in logged()
+        assert model.failure is None  # not a sticky error: the context is still usable
 
         # The slot went back to the pool: once the GPU answers again, so does the model.
         failing.clear()
@@ -1005,6 +1174,193 @@ def test_a_cuda_failure_during_inference_is_unavailable_without_cuda_detail(
     finally:
         model.unload()
     assert not cudart.blocks and not cudart.streams
+
+
+def test_a_sticky_cuda_error_fails_the_model_for_good(
+    fake_gpu: FakeGpu,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After cudaErrorIllegalAddress the process's CUDA context is unusable: the model says so
+    (``failure``, for the server's health) and later calls fail at once, without the GPU."""
+    _, cudart = fake_gpu(FAKE_SPEC, _fake_model)
+    model = trt_backend.TensorRTBackend(streams=1).load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions()
+    )
+    x = np.ones((2, 3, 4, 4), np.float32)
+    try:
+        monkeypatch.setattr(
+            cudart, "cudaStreamSynchronize", lambda s: (_CudaErrorT.cudaErrorIllegalAddress,)
+        )
+        with (
+            caplog.at_level(logging.ERROR, logger=trt_backend.log.name),
+            pytest.raises(trt_backend.GpuFailure),
+        ):
+            model.infer({"input": x})
+        assert model.failure is not None
+        assert "cudaErrorIllegalAddress (700): an illegal memory access" in model.failure
+        assert any(r.levelno == logging.CRITICAL for r in caplog.records)
+        monkeypatch.undo()  # even with the GPU "answering" again, the model stays failed
+        runs = len(model._slots[0].context.runs)
+        with pytest.raises(trt_backend.GpuFailure, match="must restart") as info:
+            model.infer({"input": x})
+        assert grpc.StatusCode[info.value.status] == grpc.StatusCode.UNAVAILABLE
+        assert len(model._slots[0].context.runs) == runs
+    finally:
+        model.unload()
+
+
+def test_profile_selection_raising_is_a_gpu_failure_and_the_stream_is_synchronised(
+    fake_gpu: FakeGpu, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """TensorRT's Python bindings raise RuntimeError from set_optimization_profile_async (and
+    execute_async_v3) on some failures: a vigil error, not an escaped RuntimeError; the stream
+    is synchronised before the slot is lent again, and the profile is selected anew next time."""
+    _, cudart = fake_gpu(FAKE_SPEC, _fake_model)
+    model = trt_backend.TensorRTBackend(streams=1).load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions()
+    )
+    (slot,) = model._slots
+    context = slot.context
+    small, large = np.ones((2, 3, 4, 4), np.float32), np.ones((6, 3, 4, 4), np.float32)
+    try:
+        model.infer({"input": small})  # profile 0
+        original = context.set_optimization_profile_async
+
+        def refuse(index: int, stream: int) -> bool:
+            raise RuntimeError("profile switch failed")
+
+        monkeypatch.setattr(context, "set_optimization_profile_async", refuse)
+        cudart.synchronized.clear()
+        with pytest.raises(trt_backend.GpuFailure, match=r"^the GPU failed while running"):
+            model.infer({"input": large})  # needs profile 1
+        assert cudart.synchronized == [slot.stream]  # the ``finally``
+        assert slot.active_profile is None and model._pool.available == 1
+        monkeypatch.setattr(context, "set_optimization_profile_async", original)
+        out = model.infer({"input": large})["score"]
+        np.testing.assert_allclose(out, _fake_model(large)["score"])
+        assert slot.active_profile == 1
+
+        def launch_raises(stream: int) -> bool:
+            raise RuntimeError("enqueue failed")
+
+        monkeypatch.setattr(context, "execute_async_v3", launch_raises)
+        cudart.synchronized.clear()
+        with pytest.raises(trt_backend.GpuFailure):
+            model.infer({"input": large})
+        assert cudart.synchronized == [slot.stream]
+    finally:
+        model.unload()
+
+
+def test_no_free_context_in_time_is_resource_exhausted(fake_gpu: FakeGpu, tmp_path: Path) -> None:
+    """Every context busy for the whole wait: RESOURCE_EXHAUSTED (the server is at capacity),
+    not an escaped TimeoutError (INTERNAL)."""
+    fake_gpu(FAKE_SPEC, _fake_model)
+    model = trt_backend.TensorRTBackend(streams=1, acquire_timeout_s=0.05).load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions()
+    )
+    try:
+        with model._pool.acquire(), pytest.raises(trt_backend.GpuBusy) as info:
+            model.infer({"input": np.ones((1, 3, 4, 4), np.float32)})
+        assert grpc.StatusCode[info.value.status] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.reason == "GPU_BUSY"
+        assert info.value.message == (
+            "all 1 execution contexts of fake-embed stayed busy for 0.05 s; "
+            "the server is at capacity, retry later"
+        )
+        assert model.infer({"input": np.ones((1, 3, 4, 4), np.float32)})["score"].shape == (1, 2)
+    finally:
+        model.unload()
+
+
+def test_options_size_profiles_streams_and_the_cache_key(fake_gpu: FakeGpu, tmp_path: Path) -> None:
+    """max_batch_size and streams from BackendOptions; another batch size is another engine."""
+    fake_trt, _ = fake_gpu(FAKE_SPEC, _fake_model)
+    cache = tmp_path / "engines"
+    backend = trt_backend.TensorRTBackend()
+    model = backend.load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions(cache_dir=cache, max_batch_size=16)
+    )
+    try:
+        assert len(model._slots) == 2  # options.streams 0: the backend's 2 in flight
+        assert [p.shapes["input"] for p in fake_trt.builds[0]["profiles"]] == [
+            ((1, 3, 4, 4), (1, 3, 4, 4), (4, 3, 4, 4)),
+            ((5, 3, 4, 4), (16, 3, 4, 4), (16, 3, 4, 4)),
+        ]
+        x = np.ones((16, 3, 4, 4), np.float32)
+        model.infer({"input": x})
+        assert (1, (16, 3, 4, 4)) in model._slots[0].context.runs + model._slots[1].context.runs
+    finally:
+        model.unload()
+    three = backend.load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions(cache_dir=cache, streams=3)
+    )
+    three.unload()
+    assert len(three.profiles) == 2 and three.profiles[1].max_batch == 8  # the catalog's
+    assert fake_trt.deserialized == 2 + 3
+    assert len(list(cache.glob("*.engine"))) == 2  # two batch sizes, two engines
+
+
+def test_detector_profile_follows_detect_max_side_on_fakes(
+    fake_gpu: FakeGpu, tmp_path: Path
+) -> None:
+    fake_trt, _ = fake_gpu(FAKE_DETECTOR, _fake_detector)
+    model = trt_backend.TensorRTBackend().load(
+        FAKE_DETECTOR, _onnx_file(tmp_path), BackendOptions(detect_max_side=50)
+    )
+    try:
+        assert fake_trt.builds[0]["profiles"][0].shapes["input"] == (
+            (1, 1, 32, 32),
+            (1, 1, 64, 64),
+            (1, 1, 64, 64),
+        )
+        x = np.random.default_rng(7).normal(size=(1, 1, 64, 32)).astype(np.float32)
+        np.testing.assert_allclose(
+            model.infer({"input": x})["cls"], _fake_detector(x)["cls"], rtol=1e-5
+        )
+        with pytest.raises(InvalidArgument, match="no TensorRT profile"):
+            model.infer({"input": np.zeros((1, 1, 96, 64), np.float32)})
+    finally:
+        model.unload()
+
+
+def test_fp16_build_settings_and_key_on_trt10_fakes(
+    fake_gpu: FakeGpu, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """fp16 on TensorRT 10: strongly typed network, TF32 left alone (no fp32 layers to keep
+    exact), and the converter's version in the cache key."""
+    fake_trt, _ = fake_gpu(FAKE_SPEC, _fake_model, version="10.13.0.35")
+    converted: list[bytes] = []
+
+    def convert(data: bytes) -> bytes:
+        converted.append(data)
+        return b"onnx fp16 " + data
+
+    monkeypatch.setattr(trt_backend, "convert_to_fp16", convert)
+    cache = tmp_path / "engines"
+    trt_backend.TensorRTBackend(optimization_level=5).load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions(cache_dir=cache, precision="fp16")
+    ).unload()
+    (built,) = fake_trt.builds
+    assert converted and built["flags"] == 1 << 5 and built["cleared"] == set()
+    assert built["level"] == 5
+    key = plan.EngineCacheKey(
+        model_sha256=FAKE_SPEC.sha256,
+        trt_version="10.13.0.35",
+        gpu="Fake GPU sm_90",
+        profiles=plan.plan_profiles(FAKE_SPEC),
+        precision="fp16",
+        workspace_bytes=1 << 30,
+        builder_flags=("STRONGLY_TYPED",),
+        optimization_level=5,
+        fp16_converter=trt_backend.fp16_converter_version(),
+    )
+    assert key.fp16_converter.startswith("onnxruntime ") and "unknown" not in key.fp16_converter
+    assert (cache / plan.engine_file_name("fake-embed", key)).is_file()
+    with pytest.raises(ValueError):
+        trt_backend.TensorRTBackend(optimization_level=6)
 
 
 def test_a_cuda_failure_while_loading_stays_a_model_error_with_the_detail(

@@ -31,6 +31,12 @@ class BackendOptions:
     #: Batches of one model that may run at once (TensorRT: one execution context and CUDA
     #: stream each). 0 leaves it to the backend.
     streams: int = 0
+    #: Largest batch the per-face models are sent (the batchers' size); compiled backends build
+    #: for it (TensorRT profiles). 0: the catalog's ``max_batch_size``.
+    max_batch_size: int = 0
+    #: Longest side of the detector's input (``VIGIL_DETECT_MAX_SIDE``); compiled backends size
+    #: YuNet's dynamic H/W range from it. 0: the backend's default.
+    detect_max_side: int = 0
 
 
 class LoadedModel(Protocol):

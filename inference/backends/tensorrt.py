@@ -14,8 +14,9 @@ per slot (what ``trtexec --streams`` does) gives every context profiles of its o
 profile a batch needs, at the cost of one copy of the weights per slot (a few MiB for vigil's
 models). The plan is built once and cached; only deserialization is repeated.
 
-Precision: ``"fp32"`` builds the ONNX graph as is (TensorRT may use TF32 for fp32 layers, its
-default). ``"fp16"`` follows TensorRT 11, which removed ``BuilderFlag.FP16`` and the INT8
+Precision: ``"fp32"`` builds the ONNX graph as is with TF32 turned off (TensorRT enables TF32
+math for fp32 layers by default, which would make "fp32" engines 10-bit-mantissa ones on Ampere
+and newer GPUs). ``"fp16"`` follows TensorRT 11, which removed ``BuilderFlag.FP16`` and the INT8
 calibrators: the ONNX graph is first converted to mixed precision with ONNX Runtime's
 ``convert_float_to_float16(keep_io_types=True)`` (inputs and outputs stay float32), then built as
 a strongly typed network, where every tensor keeps the type the graph gives it. TensorRT 11 is
@@ -27,6 +28,21 @@ not pycuda. It is NVIDIA's maintained binding that TensorRT's own samples use, s
 wheels for CUDA 12 and 13 (pycuda compiles against a local CUDA toolkit at install time), and
 works on the CUDA runtime's primary context, the same one TensorRT uses, so there is no
 ``pycuda.autoinit`` context to push and pop on every executor thread.
+
+Build settings: the optimisation profiles follow the server's batch size and detection size
+(:class:`BackendOptions` ``max_batch_size``, ``detect_max_side``); every setting that changes the
+engine (profiles, precision, workspace, builder flags, optimisation level, fp16 converter version)
+is in the engine cache key. Builder timings are kept in a timing cache file beside the engines,
+so a rebuild (another precision, batch size, or a new model) skips the kernel timings it has.
+
+Failures while running: a CUDA or TensorRT failure becomes :class:`GpuFailure` (UNAVAILABLE);
+a sticky CUDA error (e.g. ``cudaErrorIllegalAddress``), after which this process's CUDA context
+is unusable, also marks the model failed (:attr:`TensorRTModel.failure`) so that every later call
+fails at once and the server's health can say NOT_SERVING. No free execution context within
+``acquire_timeout_s`` becomes :class:`GpuBusy` (RESOURCE_EXHAUSTED: the server is at capacity,
+retry later; not DEADLINE_EXCEEDED, which is the caller's own deadline). Whatever fails, the stream
+is synchronised before its slot goes back to the pool, so no later call reuses buffers that the
+GPU may still be reading or writing.
 
 Nothing here is imported at module import time: ``tensorrt``, the CUDA binding and ``onnx`` are
 imported inside :meth:`TensorRTBackend.load`, so this module imports on machines without a GPU and
@@ -51,11 +67,12 @@ import numpy as np
 from vigil.inference.backends import trt_plan as plan
 from vigil.inference.backends.base import BackendOptions
 from vigil.inference.catalog import ModelSpec
-from vigil.inference.errors import InvalidArgument, ModelError, Unavailable
+from vigil.inference.errors import InvalidArgument, ModelError, Overloaded, Unavailable
 
 __all__ = [
     "GPU_EXTRA_HINT",
     "CudaError",
+    "GpuBusy",
     "GpuFailure",
     "TensorRTBackend",
     "TensorRTModel",
@@ -64,7 +81,27 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GPU_EXTRA_HINT = "install the gpu extra: pip install 'vigil[gpu]'"
+GPU_EXTRA_HINT = (
+    "install the extra for your driver's CUDA major version (nvidia-smi shows it): "
+    "pip install 'vigil[gpu-cu12]' or 'vigil[gpu-cu13]'"
+)
+
+#: ``cudaError_t`` names after which the process's CUDA context is corrupt: every later CUDA
+#: call fails too, until the process restarts (CUDA runtime API, "sticky" errors).
+STICKY_CUDA_ERRORS = frozenset(
+    {
+        "cudaErrorIllegalAddress",
+        "cudaErrorLaunchFailure",
+        "cudaErrorHardwareStackError",
+        "cudaErrorIllegalInstruction",
+        "cudaErrorMisalignedAddress",
+        "cudaErrorInvalidAddressSpace",
+        "cudaErrorInvalidPc",
+        "cudaErrorECCUncorrectable",
+        "cudaErrorAssert",
+        "cudaErrorContextIsDestroyed",
+    }
+)
 
 #: How long ``unload`` waits for running inferences before giving up on freeing buffers.
 _UNLOAD_WAIT_S = 60.0
@@ -89,7 +126,7 @@ class CudaError(Exception):
         self.description = description
         text = f"{function} failed"
         if code is not None:
-            text += f": {name or 'CUDA error'} ({code})"
+            text += f": {name or f'cudaError {code}'} ({code})"
         if description:
             text += f": {description}"
         super().__init__(text)
@@ -99,6 +136,12 @@ class GpuFailure(Unavailable):
     """The GPU failed while running a model. The call may succeed again, on another replica."""
 
     reason = "GPU_FAILURE"
+
+
+class GpuBusy(Overloaded):
+    """Every execution context of a model stayed busy for the whole wait: retry later."""
+
+    reason = "GPU_BUSY"
 
 
 # --------------------------------------------------------------------------- lazy imports
@@ -148,18 +191,28 @@ class _Cuda:
         else:
             err, values = result, ()
         if int(err) != 0:
-            description = ""
-            with contextlib.suppress(Exception):  # best effort: the code is in the error too
-                description = self._rt.cudaGetErrorString(err)[1].decode(errors="replace")
-            # cuda-python's codes are ``cudaError_t`` enum members, named like cudaErrorXxx.
-            raise CudaError(what, int(err), str(getattr(err, "name", "")), description)
+            raise self.error(what, err)
         if not values:
             return None
         return values[0] if len(values) == 1 else values
 
+    def error(self, what: str, err: Any) -> CudaError:
+        """A :class:`CudaError` for ``err``, named by its ``cudaError_t`` name."""
+        description = ""
+        with contextlib.suppress(Exception):  # best effort: the name is in the error too
+            description = self._rt.cudaGetErrorString(err)[1].decode(errors="replace")
+        return CudaError(what, int(err), cuda_error_name(self._rt, err), description)
+
     def device_count(self) -> int:
+        """GPUs the CUDA runtime sees; ``CudaError`` when it cannot tell (no driver, a driver
+        older than the runtime: ``cudaErrorInsufficientDriver``), 0 for ``cudaErrorNoDevice``."""
         err, count = self._rt.cudaGetDeviceCount()
-        return int(count) if int(err) == 0 and count else 0
+        if int(err) != 0:
+            error = self.error("cudaGetDeviceCount", err)
+            if error.name == "cudaErrorNoDevice":
+                return 0
+            raise error
+        return int(count or 0)
 
     def set_device(self) -> None:
         """Make the slot's GPU current on the calling thread (the CUDA device is per thread)."""
@@ -214,6 +267,20 @@ class _Cuda:
         )
 
 
+def cuda_error_name(cudart: Any, err: Any) -> str:
+    """The ``cudaError_t`` member name of ``err`` (e.g. ``cudaErrorInsufficientDriver``).
+
+    cuda-python returns enum members, which carry their name; a plain integer (from older
+    bindings) is looked up in ``cudart.cudaError_t``. ``"cudaError <code>"`` when neither knows.
+    """
+    name = getattr(err, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    with contextlib.suppress(Exception):
+        return str(cudart.cudaError_t(int(err)).name)
+    return f"cudaError {int(err)}"
+
+
 def _stream_handle(stream: Any) -> int:
     """The integer ``cudaStream_t`` value TensorRT's ``stream_handle`` arguments take."""
     return int(stream)
@@ -239,6 +306,27 @@ def convert_to_fp16(onnx_bytes: bytes) -> bytes:
     return bytes(converted.SerializeToString())
 
 
+def fp16_converter_version() -> str:
+    """Which converter :func:`convert_to_fp16` uses and its version, for the engine cache key."""
+    from importlib import metadata
+
+    for distribution in ("onnxruntime-gpu", "onnxruntime"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return f"onnxruntime {metadata.version(distribution)}"
+    return "onnxruntime unknown"
+
+
+def _builder_flag_names(trt: Any, precision: str) -> tuple[str, ...]:
+    """The build settings :func:`_build_plan` applies beyond TensorRT's defaults, as names:
+    ``-TF32`` for fp32 (TF32 cleared), ``STRONGLY_TYPED`` when the network is created so."""
+    names: list[str] = []
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        names.append("-TF32")
+    if _network_flags(trt, precision) or _trt_major(trt) >= 11:
+        names.append("STRONGLY_TYPED")
+    return tuple(names)
+
+
 def _network_flags(trt: Any, precision: str) -> int:
     """Network creation flags: TensorRT 11 is always strongly typed (the flag is deprecated and
     ignored there); on TensorRT 10 fp16 asks for a strongly typed network explicitly."""
@@ -255,8 +343,14 @@ def _build_plan(
     profiles: tuple[plan.Profile, ...],
     precision: str,
     workspace_bytes: int,
-) -> bytes:
-    """Parse the ONNX graph and build a serialized engine with ``profiles``."""
+    optimization_level: int,
+    timing_cache: bytes | None = None,
+) -> tuple[bytes, bytes | None]:
+    """Parse the ONNX graph and build a serialized engine with ``profiles``.
+
+    Returns the engine and the builder's timing cache after the build (``None`` when this
+    TensorRT has no timing-cache API), seeded from ``timing_cache`` when given.
+    """
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, precision))
     parser = trt.OnnxParser(network, logger)
@@ -272,6 +366,11 @@ def _build_plan(
         )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    config.builder_optimization_level = optimization_level
+    if "-TF32" in _builder_flag_names(trt, precision):
+        # On by default: fp32 layers would run with 10-bit mantissas on Ampere and newer.
+        config.clear_flag(trt.BuilderFlag.TF32)
+    cache = _attach_timing_cache(config, timing_cache)
     for profile in profiles:
         trt_profile = builder.create_optimization_profile()
         for name, shape_range in profile.inputs:
@@ -280,7 +379,27 @@ def _build_plan(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ModelError("TensorRT failed to build the engine (see the TensorRT log above)")
-    return bytes(serialized)
+    timings = None
+    if cache is not None:
+        timings = bytes(config.get_timing_cache().serialize())
+    return bytes(serialized), timings
+
+
+def _attach_timing_cache(config: Any, data: bytes | None) -> Any:
+    """Give the builder a timing cache seeded with ``data`` (a fresh one if TensorRT refuses
+    it: another TensorRT or GPU, or a damaged file); ``None`` without the timing-cache API."""
+    if not hasattr(config, "create_timing_cache"):
+        return None
+    for seed in (data, b"") if data else (b"",):
+        try:
+            cache = config.create_timing_cache(seed)
+        except (RuntimeError, TypeError, ValueError):
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return cache
+        if seed:
+            log.warning("TensorRT refused the timing cache; timing every kernel again")
+    return None
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -314,7 +433,10 @@ class TensorRTModel:
         profiles: tuple[plan.Profile, ...],
         streams: int,
         acquire_timeout_s: float | None,
+        engine: Any = None,
     ) -> None:
+        """``engine``: ``serialized`` already deserialized (the cache check did it), used for
+        the first slot instead of a second deserialization."""
         self.spec = spec
         self.profiles = profiles
         self._trt = trt
@@ -329,8 +451,10 @@ class TensorRTModel:
         self.input_names: tuple[str, ...] = ()
         self.output_names: tuple[str, ...] = ()
         self.dtypes: dict[str, np.dtype[Any]] = {}
+        #: Why the model can no longer run (a sticky CUDA error), or None while it can.
+        self.failure: str | None = None
         try:
-            self._create_slots(serialized, streams)
+            self._create_slots(serialized, streams, engine)
         except BaseException:
             self._free_all()
             raise
@@ -338,8 +462,9 @@ class TensorRTModel:
 
     # ---- set-up
 
-    def _deserialize(self, serialized: bytes) -> Any:
-        engine = self._runtime.deserialize_cuda_engine(serialized)
+    def _deserialize(self, serialized: bytes, engine: Any = None) -> Any:
+        if engine is None:
+            engine = self._runtime.deserialize_cuda_engine(serialized)
         if engine is None:
             raise ModelError(f"TensorRT cannot deserialize the engine of {self.spec.ref}")
         if engine.num_optimization_profiles != len(self.profiles):
@@ -370,7 +495,17 @@ class TensorRTModel:
     def _set_profile(self, slot: plan.ExecutionSlot, index: int) -> None:
         if slot.active_profile == index:
             return
-        if not slot.context.set_optimization_profile_async(index, _stream_handle(slot.stream)):
+        slot.active_profile = None  # unknown until the call below succeeds
+        try:
+            selected = slot.context.set_optimization_profile_async(
+                index, _stream_handle(slot.stream)
+            )
+        except RuntimeError as exc:  # the Python bindings raise for some failures
+            raise CudaError(
+                "set_optimization_profile_async",
+                description=f"profile {index} of {self.spec.ref}: {exc}",
+            ) from exc
+        if not selected:
             raise CudaError(
                 "set_optimization_profile_async",
                 description=f"cannot select optimisation profile {index} of {self.spec.ref}",
@@ -398,10 +533,10 @@ class TensorRTModel:
         self._cuda.synchronize(slot.stream)
         return capacity
 
-    def _create_slots(self, serialized: bytes, streams: int) -> None:
+    def _create_slots(self, serialized: bytes, streams: int, first_engine: Any) -> None:
         capacity: dict[str, int] | None = None
         for index in range(streams):
-            engine = self._deserialize(serialized)
+            engine = self._deserialize(serialized, first_engine if index == 0 else None)
             slot = plan.ExecutionSlot(index=index, engine=engine)
             self._slots.append(slot)
             if index == 0:
@@ -428,6 +563,11 @@ class TensorRTModel:
         ``alone`` (a CPU threading hint) does not apply to a GPU and is ignored."""
         if self._unloaded:
             raise Unavailable(f"{self.spec.ref} is unloaded")
+        if self.failure is not None:
+            raise GpuFailure(
+                f"the GPU failed earlier while running {self.spec.name}; "
+                "this server must restart, retry the call on another one"
+            )
         if set(inputs) != set(self.input_names):
             raise InvalidArgument(
                 f"{self.spec.ref} takes inputs {sorted(self.input_names)}, got {sorted(inputs)}"
@@ -449,6 +589,13 @@ class TensorRTModel:
             # The detail is for the operator; the caller learns that the GPU failed, and that
             # the call may succeed again (another replica, or this one after a restart).
             log.error("%s: GPU failure during inference: %s", self.spec.ref, exc)
+            if exc.name in STICKY_CUDA_ERRORS:
+                self.failure = str(exc)
+                log.critical(
+                    "%s: %s leaves this process's CUDA context unusable; restart the server",
+                    self.spec.ref,
+                    exc.name,
+                )
             raise GpuFailure(
                 f"the GPU failed while running {self.spec.name}; retry the call"
             ) from exc
@@ -468,8 +615,31 @@ class TensorRTModel:
         batch = plan.batch_of(shapes)
         index = plan.select_profile(self.profiles, shapes)
         padded = plan.padded_batch(self.profiles[index], batch)
+        try:
+            with self._pool.acquire(self._acquire_timeout_s) as slot:
+                return self._run_on_slot(slot, inputs, index, padded, batch)
+        except TimeoutError:
+            raise GpuBusy(
+                f"all {self._pool.size} execution contexts of {self.spec.name} stayed busy for "
+                f"{self._acquire_timeout_s:g} s; the server is at capacity, retry later"
+            ) from None
+
+    def _run_on_slot(
+        self,
+        slot: plan.ExecutionSlot,
+        inputs: Mapping[str, np.ndarray],
+        index: int,
+        padded: int,
+        batch: int,
+    ) -> dict[str, np.ndarray]:
+        """Enqueue one padded batch on ``slot``'s stream and wait for it.
+
+        The stream is synchronised whatever happens: if enqueuing fails halfway, copies or a
+        launch may still be running on the slot's buffers, and the next borrower must not
+        overwrite them (or read half-written outputs)."""
         cuda = self._cuda
-        with self._pool.acquire(self._acquire_timeout_s) as slot:
+        synchronised = False
+        try:
             cuda.set_device()
             context = slot.context
             self._set_profile(slot, index)
@@ -493,7 +663,11 @@ class TensorRTModel:
                         f"{slot.capacity[name]} held"
                     )
                 out_shapes[name] = shape
-            if not context.execute_async_v3(_stream_handle(slot.stream)):
+            try:
+                launched = context.execute_async_v3(_stream_handle(slot.stream))
+            except RuntimeError as exc:
+                raise CudaError("execute_async_v3", description=str(exc)) from exc
+            if not launched:
                 raise CudaError(
                     "execute_async_v3", description=f"TensorRT execution of {self.spec.ref}"
                 )
@@ -501,15 +675,21 @@ class TensorRTModel:
                 size = plan.nbytes(shape, self.dtypes[name])
                 host = slot.host[name]
                 cuda.copy_d2h(host.ctypes.data, slot.device[name], size, slot.stream)
+            synchronised = True  # tried once here; not again in ``finally`` if it fails
             cuda.synchronize(slot.stream)
-            outputs = {
+            return {
                 name: slot.host[name][: plan.nbytes(shape, self.dtypes[name])]
                 .view(self.dtypes[name])
                 .reshape(shape)[:batch]
                 .astype(np.float32, copy=True)
                 for name, shape in out_shapes.items()
             }
-        return outputs
+        finally:
+            if not synchronised:
+                try:
+                    cuda.synchronize(slot.stream)
+                except CudaError as exc:  # the error already on its way says more
+                    log.error("%s: synchronising after a failure: %s", self.spec.ref, exc)
 
     # ---- teardown
 
@@ -567,10 +747,13 @@ class TensorRTModel:
 class TensorRTBackend:
     """Native TensorRT on one NVIDIA GPU (``options.device_id``).
 
-    :param streams: execution slots per model (concurrent CUDA streams), default 2.
+    :param streams: execution slots per model (concurrent CUDA streams) when
+        ``options.streams`` is 0; default 2: one batch computes while the next one's copies run.
     :param profile_mode: ``"ranges"`` (default) or ``"buckets"``, see :mod:`trt_plan`.
-    :param spatial: height/width range for inputs with dynamic spatial axes (YuNet).
+    :param spatial: height/width range for inputs with dynamic spatial axes (YuNet) when
+        ``options.detect_max_side`` is 0; otherwise it is sized from that.
     :param workspace_bytes: TensorRT builder workspace pool limit.
+    :param optimization_level: the builder's optimisation level (0-5, TensorRT's default 3).
     :param acquire_timeout_s: how long ``infer`` waits for a free slot (``None``: forever).
     """
 
@@ -583,14 +766,18 @@ class TensorRTBackend:
         profile_mode: plan.ProfileMode = "ranges",
         spatial: plan.SpatialRange = plan.DEFAULT_SPATIAL,
         workspace_bytes: int = 1 << 30,
+        optimization_level: int = 3,
         acquire_timeout_s: float | None = 30.0,
     ) -> None:
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
+        if not 0 <= optimization_level <= 5:
+            raise ValueError(f"optimization_level must be 0..5, got {optimization_level}")
         self.streams = streams
         self.profile_mode = profile_mode
         self.spatial = spatial
         self.workspace_bytes = workspace_bytes
+        self.optimization_level = optimization_level
         self.acquire_timeout_s = acquire_timeout_s
         self._logger: Any = None
 
@@ -602,7 +789,14 @@ class TensorRTBackend:
             )
         trt = _import_tensorrt()
         cuda = _Cuda(_import_cudart(), options.device_id)
-        count = cuda.device_count()
+        try:
+            count = cuda.device_count()
+        except CudaError as exc:
+            # e.g. cudaErrorInsufficientDriver: the installed runtime (the extra's CUDA major)
+            # is newer than what the driver supports: not "no GPU".
+            raise ModelError(
+                f"the CUDA runtime cannot use this machine's GPUs: {exc}; {GPU_EXTRA_HINT}"
+            ) from exc
         if count == 0:
             raise ModelError(
                 "the TensorRT backend needs an NVIDIA GPU and none is visible (driver missing or "
@@ -614,16 +808,22 @@ class TensorRTBackend:
             self._logger = trt.Logger(trt.Logger.WARNING)
         try:
             cuda.set_device()
-            profiles = plan.plan_profiles(spec, mode=self.profile_mode, spatial=self.spatial)
+            profiles = self.profiles_for(spec, options)
             key = plan.EngineCacheKey(
                 model_sha256=spec.sha256,
                 trt_version=str(trt.__version__),
                 gpu=cuda.device_description(),
                 profiles=profiles,
                 precision=options.precision,
+                workspace_bytes=self.workspace_bytes,
+                builder_flags=_builder_flag_names(trt, options.precision),
+                optimization_level=self.optimization_level,
+                fp16_converter=fp16_converter_version() if options.precision == "fp16" else "",
             )
             runtime = trt.Runtime(self._logger)
-            serialized = self._engine_bytes(trt, runtime, spec, path, options, profiles, key)
+            serialized, engine = self._engine_bytes(
+                trt, runtime, spec, path, options, profiles, key
+            )
             return TensorRTModel(
                 spec,
                 trt=trt,
@@ -631,13 +831,30 @@ class TensorRTBackend:
                 runtime=runtime,
                 serialized=serialized,
                 profiles=profiles,
-                streams=max(self.streams, options.streams),
+                streams=options.streams or self.streams,
                 acquire_timeout_s=self.acquire_timeout_s,
+                engine=engine,
             )
         except ModelError:
             raise
         except Exception as exc:  # TensorRT and CUDA raise many kinds; report them as one
             raise ModelError(f"cannot load {spec.ref} with TensorRT: {exc}") from exc
+
+    def profiles_for(self, spec: ModelSpec, options: BackendOptions) -> tuple[plan.Profile, ...]:
+        """The optimisation profiles ``spec`` is built with under ``options``: the batch range
+        from ``options.max_batch_size`` (else the catalog's), YuNet's H/W range from
+        ``options.detect_max_side`` (else the backend's ``spatial``)."""
+        spatial = (
+            plan.detector_spatial(options.detect_max_side)
+            if options.detect_max_side
+            else self.spatial
+        )
+        return plan.plan_profiles(
+            spec,
+            mode=self.profile_mode,
+            spatial=spatial,
+            max_batch=options.max_batch_size or None,
+        )
 
     def _engine_bytes(
         self,
@@ -648,16 +865,20 @@ class TensorRTBackend:
         options: BackendOptions,
         profiles: tuple[plan.Profile, ...],
         key: plan.EngineCacheKey,
-    ) -> bytes:
-        """The serialized engine from the cache when a valid one is there, else a fresh build."""
+    ) -> tuple[bytes, Any]:
+        """The serialized engine from the cache when a valid one is there (with that engine
+        deserialized, so it is not deserialized twice), else a fresh build (and ``None``)."""
         cached: Path | None = None
+        timing_path: Path | None = None
         if options.cache_dir is not None:
             cached = Path(options.cache_dir) / plan.engine_file_name(spec.name, key)
+            timing_path = Path(options.cache_dir) / plan.timing_cache_name(key.trt_version, key.gpu)
             if cached.is_file():
                 data = cached.read_bytes()
-                if runtime.deserialize_cuda_engine(data) is not None:
+                engine = runtime.deserialize_cuda_engine(data)
+                if engine is not None:
                     log.info("%s: TensorRT engine from cache %s", spec.ref, cached)
-                    return data
+                    return data, engine
                 log.warning("%s: cached engine %s is unusable; rebuilding", spec.ref, cached)
         else:
             log.warning("%s: no engine cache_dir configured; building in memory", spec.ref)
@@ -671,7 +892,8 @@ class TensorRTBackend:
         onnx_path: Path | None = path
         if options.precision == "fp16":
             onnx_bytes, onnx_path = convert_to_fp16(onnx_bytes), None
-        data = _build_plan(
+        timings = timing_path.read_bytes() if timing_path and timing_path.is_file() else None
+        data, new_timings = _build_plan(
             trt,
             self._logger,
             onnx_bytes,
@@ -679,8 +901,12 @@ class TensorRTBackend:
             profiles,
             options.precision,
             self.workspace_bytes,
+            self.optimization_level,
+            timings,
         )
         if cached is not None:
             _write_atomically(cached, data)
             log.info("%s: TensorRT engine cached at %s", spec.ref, cached)
-        return data
+        if timing_path is not None and new_timings and new_timings != timings:
+            _write_atomically(timing_path, new_timings)
+        return data, None

@@ -7,8 +7,9 @@ Everything here is decided before (or without) a GPU, so it is tested on CPU:
   dynamic axes);
 - **profile choice** for a batch, **padding** a batch up to what the chosen profile accepts and
   **splitting** a batch larger than any profile into chunks;
-- the **engine cache key**: (model sha256, TensorRT version, GPU, profiles, precision) → a stable
-  file name, so a cached engine is never reused for another model, TensorRT, GPU or precision;
+- the **engine cache key**: (model sha256, TensorRT version, GPU, profiles, precision, workspace,
+  builder flags, optimisation level, fp16 converter version) → a stable file name, so a cached
+  engine is never reused for another model, TensorRT, GPU, shape range or build setting;
 - **buffer sizing**: bytes for a shape and dtype, and the largest input shapes over profiles;
 - a thread-safe **pool of execution slots**, one per concurrent CUDA stream, that
   :mod:`vigil.inference.backends.tensorrt` fills with its TensorRT and CUDA handles.
@@ -51,6 +52,7 @@ __all__ = [
     "batch_buckets",
     "batch_of",
     "batch_ranges",
+    "detector_spatial",
     "engine_file_name",
     "fill_padded",
     "max_input_shapes",
@@ -62,11 +64,12 @@ __all__ = [
     "select_profile",
     "slice_outputs",
     "split_batch",
+    "timing_cache_name",
 ]
 
 #: Bump when the way engines are built changes (flags, fp16 conversion…): old cache files are
 #: then ignored instead of being loaded.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 #: Precisions the TensorRT backend builds.
 PRECISIONS = ("fp32", "fp16")
@@ -180,8 +183,26 @@ class SpatialRange:
 
 
 #: YuNet is fed images of at most 640 px per side, padded to a multiple of 32 (MODELS.md);
-#: up to 1280 is accepted so a larger detection size needs no rebuild of the plan code.
+#: up to 1280 is accepted so a larger detection size needs no rebuild of the plan code. The
+#: server passes its configured detection size instead (:func:`detector_spatial`).
 DEFAULT_SPATIAL = SpatialRange()
+
+#: The detector pads its input to multiples of this (YuNet's largest stride).
+_DETECTOR_ALIGN = 32
+
+
+def detector_spatial(max_side: int) -> SpatialRange:
+    """The H/W range for a detector fed images whose longer side is at most ``max_side``.
+
+    The detector scales an image's longer side to at most ``max_side`` and pads both sides up
+    to a multiple of 32 (:func:`vigil.inference.detector.prepare`), so any H and W from 32 to
+    ``max_side`` rounded up to 32 can arrive; the kernels are tuned for a square of that size.
+    """
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    side = -(-max_side // _DETECTOR_ALIGN) * _DETECTOR_ALIGN
+    low = min(_DETECTOR_ALIGN, side)
+    return SpatialRange((low, low), (side, side), (side, side))
 
 
 def batch_ranges(max_batch: int) -> tuple[tuple[int, int, int], ...]:
@@ -239,21 +260,25 @@ def plan_profiles(
     *,
     mode: ProfileMode = "ranges",
     spatial: SpatialRange = DEFAULT_SPATIAL,
+    max_batch: int | None = None,
 ) -> tuple[Profile, ...]:
     """The optimisation profiles to build ``spec``'s engine with, in profile-index order.
 
+    ``max_batch`` is the largest batch the engine must run: the server's configured batch size
+    (its batchers never send more); ``None`` takes the catalog's ``spec.max_batch_size``.
     A model with a fixed batch of 1 (``spec.fixed_batch``, YuNet) gets a single profile with
-    batch 1 whatever ``max_batch_size`` says. A model with a fixed, non-dynamic batch other than 1
+    batch 1 whatever the batch size says. A model with a fixed, non-dynamic batch other than 1
     gets a single static profile of that batch.
     """
     first = spec.inputs[0].shape[0]
+    largest = spec.max_batch_size if max_batch is None else max_batch
     batches: tuple[tuple[int, int, int], ...]
     if first is not None:
         batches = ((first, first, first),)
     elif mode == "ranges":
-        batches = batch_ranges(spec.max_batch_size)
+        batches = batch_ranges(largest)
     elif mode == "buckets":
-        batches = tuple((b, b, b) for b in batch_buckets(spec.max_batch_size))
+        batches = tuple((b, b, b) for b in batch_buckets(largest))
     else:
         raise ValueError(f"unknown profile mode {mode!r}")
     return tuple(
@@ -395,18 +420,32 @@ class EngineCacheKey:
     gpu: str
     profiles: tuple[Profile, ...]
     precision: str
+    #: The builder's workspace pool limit: a smaller one can rule out the fastest tactics.
+    workspace_bytes: int
+    #: Builder flags set or cleared, as sorted names (e.g. ``("-TF32",)``), and the network's
+    #: creation flags (``"STRONGLY_TYPED"``): they change which kernels and types are chosen.
+    builder_flags: tuple[str, ...]
+    #: ``IBuilderConfig.builder_optimization_level`` (0-5; TensorRT's default is 3).
+    optimization_level: int
+    #: What converted the graph to fp16 and its version (``"onnxruntime 1.22.0"``); empty for
+    #: fp32. Another converter version may place the casts differently.
+    fp16_converter: str = ""
     cache_format: int = CACHE_FORMAT
 
     def canonical(self) -> str:
         """Stable JSON text of the key (sorted keys, profiles as canonical strings)."""
         return json.dumps(
             {
+                "builder_flags": sorted(self.builder_flags),
                 "format": self.cache_format,
+                "fp16_converter": self.fp16_converter,
                 "gpu": self.gpu,
                 "model_sha256": self.model_sha256.lower(),
+                "optimization_level": self.optimization_level,
                 "precision": self.precision,
                 "profiles": [p.describe() for p in self.profiles],
                 "trt_version": self.trt_version,
+                "workspace_bytes": self.workspace_bytes,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -425,6 +464,16 @@ def engine_file_name(model_name: str, key: EngineCacheKey) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip(".-") or "model"
     precision = re.sub(r"[^A-Za-z0-9]+", "", key.precision) or "x"
     return f"{safe}.{precision}.{key.digest()}.engine"
+
+
+def timing_cache_name(trt_version: str, gpu: str) -> str:
+    """File name of the builder's timing cache for one TensorRT version on one GPU model.
+
+    Timings are only valid for the GPU and TensorRT that measured them; TensorRT checks that too
+    (and ignores a mismatching cache), the name keeps one file per pair instead of overwriting.
+    """
+    digest = hashlib.sha256(f"{trt_version}|{gpu}".encode()).hexdigest()[:16]
+    return f"timing.{digest}.cache"
 
 
 @dataclass
