@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPC_TOTAL = Counter(
     "vigil_rpc_total", "RPCs handled, by method and final gRPC status", ["method", "code"]
@@ -16,6 +16,23 @@ RPC_LATENCY = Histogram(
 
 ANALYSES_FINISHED = Counter(
     "vigil_analyses_total", "Analyses written, by type and resolution", ["type", "resolution"]
+)
+
+DB_CALLS_WAITING = Gauge(
+    "vigil_db_calls_waiting",
+    "Calls waiting for one of their company's database turns "
+    "(VIGIL_COMPANY_MAX_CONCURRENT_QUERIES)",
+)
+COMPANY_QUERIES_REFUSED = Counter(
+    "vigil_company_queries_refused_total",
+    "Calls refused because their company's database turns stayed busy until their deadline",
+)
+#: Entries in each bounded in-memory cache (labels: a fixed set of cache names, never an id).
+CACHE_ENTRIES = Gauge("vigil_cache_entries", "Entries held by a bounded in-memory cache", ["cache"])
+CACHE_EVICTIONS = Counter(
+    "vigil_cache_evictions_total",
+    "Entries a bounded cache dropped to stay within its size",
+    ["cache"],
 )
 
 

@@ -119,6 +119,24 @@ class Settings(BaseSettings):
     """Decline on implausible capture timing (too regular/irregular, duplicated frames)."""
     decline_on_subject_change: bool = True
     """Decline a video or stream in which the face becomes another person's."""
+    db_statement_timeout_s: float = 30.0
+    """PostgreSQL: longest any statement may run; a call's statements are also cancelled when its
+    gRPC deadline passes (0: no cap besides the deadline)."""
+    company_max_concurrent_queries: int = 4
+    """Database transactions the calls of one company may run at once on this replica; more wait
+    for a turn until their deadline, then get RESOURCE_EXHAUSTED (0: no limit)."""
+    db_threads: int = 8
+    """Threads that run database work for calls and workers (each holds one pooled connection)."""
+    credential_cache_size: int = 10_000
+    """Credentials (API keys, access tokens) remembered for a moment after a lookup; beyond, the
+    least recently used are forgotten."""
+    rate_limit_max_keys: int = 100_000
+    """Credentials and client addresses whose rate limit or failed logins are remembered; beyond,
+    the least recently seen are forgotten."""
+    replay_max_media: int = 10_000
+    """Replay memory: media hashes remembered (least recently seen forgotten first)."""
+    replay_max_frames: int = 50_000
+    """Replay memory: perceptual hashes of sampled frames remembered (a ring; 32 bytes each)."""
     database_url: str | None = None
     """SQLAlchemy URL of the database; default SQLite at <data_dir>/vigil.db. PostgreSQL:
     postgresql+psycopg://user:password@host:5432/dbname."""
@@ -130,8 +148,10 @@ class Settings(BaseSettings):
     """Size of the chunks DownloadMedia sends."""
     analysis_workers: int = 2
     """Analysis workers inside `vigil serve` (0: none; run `vigil worker` instead)."""
-    analysis_lease_s: float = 60.0
-    """How long a worker holds an analysis before another may take it (renewed while it runs)."""
+    analysis_lease_s: float = 15.0
+    """How long a worker holds an analysis before another may take it; renewed every third of it
+    while the job runs, so a worker that dies loses its jobs within this (a stopped one hands them
+    back at once)."""
     analysis_max_attempts: int = 3
     """Tries before an analysis whose worker keeps dying is marked FAILED."""
     queue_poll_s: float = 0.5

@@ -16,17 +16,28 @@ from vigil.inference.video.replay import ReplayMemory
 from vigil.inference.video.signals import SignalPolicy
 from vigil.inference.video.stream import StreamConfig
 from vigil.inference.video.types import Capture
+from vigil.server.metrics import CACHE_ENTRIES
 from vigil.server.settings import Settings
 from vigil.v1 import video_pb2
 
 _MEMORIES: weakref.WeakKeyDictionary[Engine, ReplayMemory] = weakref.WeakKeyDictionary()
 
 
-def replay_memory_for(engine: Engine) -> ReplayMemory:
+def replay_memory_for(engine: Engine, settings: Settings | None = None) -> ReplayMemory:
+    """The engine's replay memory, made on first use with the settings' bounds
+    (``VIGIL_REPLAY_MAX_MEDIA``, ``VIGIL_REPLAY_MAX_FRAMES``); sizes in ``vigil_cache_entries``."""
     memory = _MEMORIES.get(engine)
-    if memory is None:
-        memory = _MEMORIES[engine] = ReplayMemory()
-    return memory
+    if memory is not None:
+        return memory
+    made = (
+        ReplayMemory()
+        if settings is None
+        else ReplayMemory(settings.replay_max_media, settings.replay_max_frames)
+    )
+    _MEMORIES[engine] = made
+    CACHE_ENTRIES.labels("replay_media").set_function(lambda: made.media_count)
+    CACHE_ENTRIES.labels("replay_frames").set_function(lambda: made.frame_count)
+    return made
 
 
 def video_config(settings: Settings) -> VideoConfig:
@@ -58,7 +69,7 @@ def stream_config(settings: Settings) -> StreamConfig:
 
 
 def video_liveness(engine: Engine, settings: Settings) -> VideoLiveness:
-    return VideoLiveness(engine, video_config(settings), replay_memory_for(engine))
+    return VideoLiveness(engine, video_config(settings), replay_memory_for(engine, settings))
 
 
 def is_video(data: bytes) -> bool:

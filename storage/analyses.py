@@ -4,8 +4,10 @@ A PROCESSING analysis without a live lease is a job. ``claim`` takes one with a 
 ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING``: on PostgreSQL several
 replicas share the queue without blocking each other; on SQLite the statement holds the write lock.
 A worker that dies leaves a lease that expires, and the job is taken again (``attempts`` counts
-the tries). Results are written only by the lease's owner while the job is PROCESSING, so a late
-duplicate never overwrites a result.
+the tries); leases are short and renewed often, so that takes seconds. A worker that stops
+gracefully hands its jobs back at once (``release``), without counting the interrupted try.
+Results are written only by the lease's owner while the job is PROCESSING, so a late duplicate
+never overwrites a result.
 """
 
 from __future__ import annotations
@@ -132,6 +134,29 @@ def renew(analysis_id: str, worker: str, lease_s: float, *, session: Session) ->
     )
     session.commit()
     return bool(cast(CursorResult[Any], result).rowcount)
+
+
+def release(analysis_ids: list[str], worker: str, *, session: Session) -> int:
+    """Hand jobs this worker holds back to the queue at once (graceful shutdown): available to
+    any worker now, and the interrupted try is not counted. Returns how many were released."""
+    if not analysis_ids:
+        return 0
+    result = session.execute(
+        update(Analysis)
+        .where(
+            col(Analysis.id).in_(analysis_ids),
+            col(Analysis.lease_owner) == worker,
+            col(Analysis.state) == AnalysisState.PROCESSING,
+        )
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            attempts=Analysis.attempts - 1,
+            updated_at=utcnow(),
+        )
+    )
+    session.commit()
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 def complete(

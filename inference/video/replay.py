@@ -56,6 +56,14 @@ class ReplayMemory:
         self._next = 0
         self._lock = threading.Lock()
 
+    @property
+    def media_count(self) -> int:
+        return len(self._media)
+
+    @property
+    def frame_count(self) -> int:
+        return self._count
+
     def clear(self) -> None:
         with self._lock:
             self._media.clear()

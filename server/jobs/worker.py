@@ -1,8 +1,10 @@
 """Analysis workers: take queued analyses from the database and run them on the engine.
 
 Workers run inside `vigil serve` (``VIGIL_ANALYSIS_WORKERS``) and as `vigil worker` processes;
-they share the queue in the database with every other replica. A worker renews its lease while
-it runs a job; if it dies, the lease expires and another worker takes the job again.
+they share the queue in the database with every other replica. A worker renews its short lease
+(``VIGIL_ANALYSIS_LEASE_S``) every third of it while it runs a job: if the process dies, the lease
+runs out within seconds and another worker takes the job again. A worker that is stopped
+(SIGTERM) hands the jobs it holds back to the queue at once, without counting the try.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class AnalysisWorkers:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: Jobs claimed and not yet written, by id: handed back if the workers are stopped.
+        self._held: dict[str, str] = {}
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -67,17 +71,53 @@ class AnalysisWorkers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self._release_held()
+
+    async def _release_held(self) -> None:
+        """Hand the interrupted jobs back, so any worker takes them now rather than after the
+        lease; a job whose result was written meanwhile is left alone."""
+        by_worker: dict[str, list[str]] = {}
+        for job_id, worker in self._held.items():
+            by_worker.setdefault(worker, []).append(job_id)
+        self._held.clear()
+        for worker, ids in by_worker.items():
+            try:
+                released = await self.app.db(
+                    lambda s, ids=ids, worker=worker: analyses.release(ids, worker, session=s)
+                )
+            except Exception:  # the leases run out anyway
+                log.warning("could not hand back %d analyses; their leases will expire", len(ids))
+                continue
+            log.info("handed back %d unfinished analyses", released)
+
+    async def _claim(self, worker: str) -> Analysis | None:
+        """Claim a job; a stop that arrives meanwhile still learns what was claimed."""
+        settings = self.app.settings
+        claiming = asyncio.ensure_future(
+            self.app.db(
+                lambda s: analyses.claim(
+                    worker, settings.analysis_lease_s, settings.analysis_max_attempts, session=s
+                )
+            )
+        )
+        try:
+            job = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                claimed = await claiming
+                if claimed is not None:
+                    self._held[claimed.id] = worker
+            raise
+        if job is not None:
+            self._held[job.id] = worker
+        return job
 
     async def _loop(self, worker: str) -> None:
         settings = self.app.settings
         event = self.app.jobs_queued
         while not self._stopping:
             try:
-                job = await self.app.db(
-                    lambda s: analyses.claim(
-                        worker, settings.analysis_lease_s, settings.analysis_max_attempts, session=s
-                    )
-                )
+                job = await self._claim(worker)
             except Exception:
                 log.exception("worker %s cannot reach the queue", worker)
                 job = None
@@ -113,6 +153,7 @@ class AnalysisWorkers:
                 await heartbeat
         elapsed_ms = (time.perf_counter() - started) * 1000
         written = await self.app.db(lambda s: self._write(job, worker, outcome, elapsed_ms, s))
+        self._held.pop(job.id, None)
         if written:
             ANALYSES_FINISHED.labels(job.type, outcome.resolution).inc()
         else:

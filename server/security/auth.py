@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,10 +26,10 @@ from vigil.inference.errors import (
     VigilError,
 )
 from vigil.server import rpc
-from vigil.server.context import AppContext
+from vigil.server.context import CALL_SCOPE, AppContext, CallScope
 from vigil.server.security.permissions import PERMISSIONS, STAFF, needs_credential
 from vigil.server.security.principal import CURRENT, Principal
-from vigil.server.security.rate_limit import FailureTracker, TokenBuckets
+from vigil.server.security.rate_limit import BoundedLRU, FailureTracker, TokenBuckets
 from vigil.server.security.redaction import redact
 from vigil.server.security.tokens import Signer
 from vigil.storage import credentials, folders
@@ -64,7 +65,9 @@ def _peer_host(context: rpc.Context) -> str:
 
 
 class Authenticator:
-    """Turns call metadata into a Principal; remembers recent lookups for a moment.
+    """Turns call metadata into a Principal; remembers recent lookups for a moment
+    (``CACHE_S``, at most ``VIGIL_CREDENTIAL_CACHE_SIZE`` credentials). Lookups run on the
+    database threads reserved for them, so they never wait behind a company's queries.
 
     ``clock`` (seconds, monotonic) times the credential cache, the lockout and the rate limits.
     """
@@ -77,10 +80,17 @@ class Authenticator:
         self.app = app
         self.signer = signer
         settings = app.settings
-        self.failures = FailureTracker(settings.auth_max_failures, settings.auth_lockout_s, clock)
-        self.buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, clock)
+        max_keys = settings.rate_limit_max_keys
+        self.failures = FailureTracker(
+            settings.auth_max_failures, settings.auth_lockout_s, clock, max_keys
+        )
+        self.buckets = TokenBuckets(
+            settings.rate_limit_per_s, settings.rate_limit_burst, clock, max_keys
+        )
         self._clock = clock
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._cache: BoundedLRU[str, tuple[float, Principal]] = BoundedLRU(
+            "credentials", settings.credential_cache_size
+        )
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -134,14 +144,14 @@ class Authenticator:
         if cached is not None and self._clock() - cached[0] < self.CACHE_S:
             return cached[1]
         if key:
-            principal = await self.app.db(lambda s: self._from_key(key, s))
+            principal = await self.app.auth_db(lambda s: self._from_key(key, s))
         else:
             scheme, _, token = bearer.partition(" ")
             if scheme.lower() != "bearer" or not token:
                 raise Unauthenticated("authorization must be 'Bearer <access token>'")
             claims = self.signer.verify(token.strip(), "access")
-            principal = await self.app.db(lambda s: self._from_claims(claims, s))
-        self._cache[cache_key] = (self._clock(), principal)
+            principal = await self.app.auth_db(lambda s: self._from_claims(claims, s))
+        self._cache.put(cache_key, (self._clock(), principal))
         return principal
 
     @staticmethod
@@ -171,12 +181,22 @@ class Authenticator:
             if principal.role not in STAFF:
                 raise PermissionDenied("only ADMIN and OPERATOR may act in another company")
             if principal.role == "ADMIN":
-                acting = await self.app.db(lambda s: folders.ensure_company(named, session=s).id)
+                acting = await self.app.auth_db(
+                    lambda s: folders.ensure_company(named, session=s).id
+                )
             else:
-                acting = await self.app.db(
+                acting = await self.app.auth_db(
                     lambda s: credentials.company_by_name(named, session=s).id
                 )
         return Principal(**{**principal.__dict__, "acting_company_id": acting})
+
+
+def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> None:
+    """Undo ``var.set``. A stream the server abandons (its client gone at shutdown) is closed
+    later by the event loop in another context, where the token is foreign and there is nothing
+    to undo: the call must still end (and be audited) rather than raise ValueError."""
+    with contextlib.suppress(ValueError):
+        var.reset(token)
 
 
 def authorize(principal: Principal, method: str) -> None:
@@ -214,13 +234,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         """Authenticate and authorise the call, act as its principal, redact for SAFE ones."""
         principal = await self.authenticator.authenticate(context)
         authorize(principal, method)
-        with self._acting_as(principal, method, request):
+        with self._acting_as(principal, method, request, context):
             yield redact if principal.safe else rpc.unchanged
 
     @contextlib.contextmanager
-    def _acting_as(self, principal: Principal, method: str, request: rpc.Request) -> Iterator[None]:
-        """The principal is current for the call; its outcome is audited when it ends."""
+    def _acting_as(
+        self, principal: Principal, method: str, request: rpc.Request, context: rpc.Context
+    ) -> Iterator[None]:
+        """The principal is current for the call, its database work counts against its company
+        until its deadline; its outcome is audited when it ends."""
+        remaining = context.time_remaining()
+        scope = CallScope(
+            principal.acting_company_id or principal.company_id,
+            None if remaining is None else time.monotonic() + remaining,
+        )
         token = CURRENT.set(principal)
+        scope_token = CALL_SCOPE.set(scope)
         status = "OK"
         try:
             yield
@@ -234,7 +263,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             status = "INTERNAL"
             raise
         finally:
-            CURRENT.reset(token)
+            _reset(CALL_SCOPE, scope_token)
+            _reset(CURRENT, token)
             self._audit(principal, method, request, status)
 
     def _audit(self, principal: Principal, method: str, request: rpc.Request, status: str) -> None:
@@ -258,6 +288,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         )
 
         async def write() -> None:
+            CALL_SCOPE.set(None)  # written after the call: not under its deadline or share
             try:
                 await self.app.db(lambda s: credentials.record_audit(event, session=s))
             except Exception:
