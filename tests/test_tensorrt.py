@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import importlib.util
 import json
 import logging
 import os
 import sys
 import threading
 import time
+import tomllib
 import types
 from collections.abc import Callable
 from dataclasses import replace
@@ -1499,3 +1501,196 @@ def test_dlib_resnet_on_gpu_concurrent_threads(tmp_path: Path) -> None:
         t.join()
     model.unload()
     assert not errors, errors[0]
+
+
+# =========================================================================== GPU packaging, CPU
+
+
+def _load_script(relative: str) -> Any:
+    """A script of the repository (not a package) as a module."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_requirements = _load_script("docker/gpu_requirements.py")
+gpu_check = _load_script("scripts/gpu_check.py")
+PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+
+
+def test_gpu_extras_are_split_by_cuda_major() -> None:
+    """No extra that silently resolves to another CUDA major than the driver's."""
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert "gpu" not in extras
+    assert extras["gpu-cu12"] == [
+        "tensorrt-cu12>=10.0,<12",
+        "cuda-python>=12.6,<13",
+        "onnxruntime-gpu>=1.20,<1.27",  # PyPI's onnxruntime-gpu is CUDA 13 from 1.27 on
+        "onnx>=1.16",
+    ]
+    assert extras["gpu-cu13"] == [
+        "tensorrt-cu13>=10.13.2,<12",  # the first TensorRT with CUDA 13
+        "cuda-python>=13,<14",
+        "onnxruntime-gpu>=1.27",
+        "onnx>=1.16",
+    ]
+
+
+def test_image_constraints_pin_only_the_images_tensorrt() -> None:
+    freeze = [
+        "numpy==1.26.4",
+        "tensorrt==10.7.0",
+        "tensorrt_lean==10.7.0",
+        "Tensorrt_Dispatch==10.7.0",
+        "cuda-python==12.6.0",
+        "# comment",
+        "",
+    ]
+    assert gpu_requirements.image_constraints(freeze) == [
+        "tensorrt-dispatch==10.7.0",
+        "tensorrt-lean==10.7.0",
+        "tensorrt==10.7.0",
+    ]
+    assert gpu_requirements.image_constraints(["tensorrt-cu12==11.4.0.106"]) == [
+        "tensorrt-cu12==11.4.0.106"
+    ]
+    with pytest.raises(ValueError, match="NGC TensorRT image"):
+        gpu_requirements.image_constraints(["numpy==2.1.0", "tensorrt_lean==10.7.0"])
+
+
+@pytest.mark.parametrize(
+    ("major", "ort", "cuda_python"),
+    [
+        (12, "onnxruntime-gpu>=1.20,<1.27", "cuda-python>=12.6,<13"),
+        (13, "onnxruntime-gpu>=1.27", "cuda-python>=13,<14"),
+    ],
+)
+def test_the_images_requirements_have_no_cpu_onnxruntime_and_no_tensorrt(
+    major: int, ort: str, cuda_python: str
+) -> None:
+    requirements = gpu_requirements.server_requirements(PYPROJECT, major)
+    names = [gpu_requirements.requirement_name(r) for r in requirements]
+    assert "onnxruntime" not in names
+    assert not [n for n in names if n.startswith("tensorrt")]
+    assert ort in requirements and cuda_python in requirements
+    # every other base dependency is kept, in order (the CPU-only openvino too: it is small)
+    base = PYPROJECT["project"]["dependencies"]
+    assert requirements[: len(base) - 1] == [r for r in base if not r.startswith("onnxruntime")]
+    assert "vigil-client==0.1.0" in requirements
+
+
+def test_cuda_major_from_the_image() -> None:
+    assert gpu_requirements.cuda_major("auto", {"CUDA_VERSION": "12.6.3"}) == 12
+    assert gpu_requirements.cuda_major("auto", {"CUDA_VERSION": "13.0.1"}) == 13
+    assert gpu_requirements.cuda_major("13", {}) == 13
+    with pytest.raises(ValueError, match="CUDA_VERSION is not set"):
+        gpu_requirements.cuda_major("auto", {})
+    with pytest.raises(ValueError, match="not 11"):
+        gpu_requirements.cuda_major("auto", {"CUDA_VERSION": "11.8.0"})
+
+
+def test_the_image_check_fails_on_this_cpu_environment() -> None:
+    """What the build-time check reports where the install is wrong (here: a CPU venv)."""
+    found = gpu_requirements.problems(["tensorrt==10.7.0", "numpy==0.0.1"])
+    assert "tensorrt is not installed, the image has 10.7.0" in found
+    assert any(p.startswith("numpy is 2.") and p.endswith("the image has 0.0.1") for p in found)
+    assert "the CPU onnxruntime is installed beside onnxruntime-gpu" in found
+    assert "onnxruntime-gpu is not installed" in found
+    assert any(p.startswith("cannot import tensorrt") for p in found)
+    assert "onnxruntime has no CUDAExecutionProvider (the CPU build is loaded)" in found
+    assert gpu_requirements.main(["requirements", "--cuda", "11"]) == 2
+
+
+def test_gpu_check_comparisons() -> None:
+    ref = np.array([[1.0, -2.0], [0.5, 4.0]], np.float32)
+    same = gpu_check.compare("y", ref, ref.copy(), "fp32", embedding=False)
+    assert same.ok and same.value == 0.0 and same.limit == 1e-3
+    off = gpu_check.compare("y", ref, ref + np.float32(0.01), "fp32", embedding=False)
+    assert not off.ok and off.value == pytest.approx(0.01 / 4.0, rel=1e-3)
+    assert gpu_check.compare("y", ref, ref + np.float32(0.01), "fp16", embedding=False).ok
+    emb = gpu_check.compare(
+        "e", ref, ref + np.array([[0.03, 0.04], [0, 0]], np.float32), "fp16", True
+    )
+    assert emb.value == pytest.approx(0.05, rel=1e-4) and emb.limit == 0.05
+    assert not gpu_check.compare("e", ref, ref[:1], "fp32", embedding=True).ok
+    nan = gpu_check.compare("y", ref, np.full_like(ref, np.nan), "fp16", embedding=False)
+    assert not nan.ok
+    assert gpu_check.items_per_second(64, 0.5) == 128.0
+
+
+def test_gpu_check_report_table() -> None:
+    good = gpu_check.ModelReport(
+        "dlib-resnet",
+        "fp16",
+        42.0,
+        [gpu_check.Comparison("embedding", "L2", 0.004, 0.05)],
+        {1: 812.4, 32: 9120.0, 128: 15000.2},
+    )
+    bad = gpu_check.ModelReport(
+        "yunet", "fp32", 3.0, [gpu_check.Comparison("cls_8", "rel", 0.2, 1e-3)], {1: 950.0}
+    )
+    failed = gpu_check.ModelReport("minifasnet-v2", "fp16", 0.0, [], {}, error="ModelError('x')")
+    lines = gpu_check.format_report([good, bad, failed], (1, 32, 128)).splitlines()
+    assert lines[0].split() == [
+        "model",
+        "precision",
+        "check",
+        "worst",
+        "(limit)",
+        "load",
+        "s",
+        "b1/s",
+        "b32/s",
+        "b128/s",
+    ]
+    assert lines[1].split() == [
+        "dlib-resnet",
+        "fp16",
+        "ok",
+        "4.00e-03",
+        "(5e-02)",
+        "42.0",
+        "812",
+        "9120",
+        "15000",
+    ]
+    assert lines[2].split()[:3] == ["yunet", "fp32", "FAIL"] and lines[2].split()[-3:] == [
+        "950",
+        "-",
+        "-",
+    ]
+    assert lines[3].split()[:4] == ["minifasnet-v2", "fp16", "ERROR", "ModelError('x')"]
+    assert good.ok and not bad.ok and not failed.ok
+
+
+@pytest.mark.skipif(not DLIB_PATH.is_file(), reason=f"model mirror not found at {MODEL_DIR}")
+def test_gpu_check_inputs_from_the_sample_photos() -> None:
+    """The inputs it feeds every model of the catalog: their shapes, from real photos, and the
+    detector's within the profile built for a 640 px detection size."""
+    from vigil.inference.catalog import DEFAULT_MODELS
+
+    photos = gpu_check._photos(MODEL_DIR.parent / "data" / "faces")
+    assert len(photos) >= 2 and all(p.ndim == 3 for p in photos)
+    (profile,) = plan.plan_profiles(YUNET, spatial=plan.detector_spatial(640))
+    for spec in DEFAULT_MODELS:
+        batch = 1 if spec.fixed_batch else 5
+        (array,) = gpu_check._model_inputs(spec, photos, batch).values()
+        assert array.dtype == np.float32 and array.shape[0] == batch
+        fixed = [d for d in spec.inputs[0].shape[1:] if d is not None]
+        if len(fixed) == len(spec.inputs[0].shape) - 1:
+            assert array.shape[1:] == tuple(fixed)
+        else:
+            assert profile.accepts({"input": array.shape})
+        assert array.min() >= 0 and array.max() <= (1.0 if "0..1" in spec.preprocessing else 255)
+        assert array.std() > 0  # pictures, not blanks
+
+
+def test_gpu_check_says_what_is_missing_without_tensorrt(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert gpu_check.main(["--models", str(MODEL_DIR)]) == 2
+    assert "TensorRT is missing" in capsys.readouterr().out
