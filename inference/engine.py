@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from vigil.inference import align, metrics
-from vigil.inference.backends import BackendOptions, LoadedModel, get_backend
+from vigil.inference.backends import BackendOptions, Choice, LoadedModel, load_models
 from vigil.inference.batcher import Batcher, BatcherConfig, run_jobs
 from vigil.inference.catalog import (
     DEFAULT_MODELS,
@@ -127,6 +127,8 @@ class Engine:
             initargs=(config.worker_nice,),
         )
         self.models: dict[str, LoadedModel] = {}
+        #: The backend and precision the models run (``auto`` resolved); set by ``load``.
+        self.running: Choice | None = None
         self.batchers: dict[str, Batcher] = {}
         self.detector: YuNetDetector | None = None
         self._started = False
@@ -138,15 +140,10 @@ class Engine:
     def load(self) -> None:
         """Verify and load every model (blocking). Raises ``ModelError`` leaving nothing loaded."""
         paths = verify_installed(self.config.models_dir, DEFAULT_MODELS)
-        backend = get_backend(self.config.backend)
-        try:
-            for spec in DEFAULT_MODELS:
-                self.models[spec.name] = backend.load(
-                    spec, paths[spec.name], self.config.backend_options
-                )
-        except Exception:
-            self.unload()
-            raise
+        loaded = load_models(
+            self.config.backend, self.config.backend_options, DEFAULT_MODELS, paths
+        )
+        self.models, self.running = loaded.models, loaded.choice
         self.detector = YuNetDetector(
             self.models[YUNET.name],
             max_side=self.config.detect_max_side,

@@ -18,6 +18,7 @@ from vigil.inference.catalog import DEFAULT_MODELS, YUNET
 from vigil.inference.decisions import Thresholds
 from vigil.inference.engine import Engine, EngineConfig
 from vigil.inference.media import ImageLimits
+from vigil.server import metrics
 from vigil.server.api.accounts import (
     AdminServicer,
     AuthServicer,
@@ -160,10 +161,20 @@ class VigilServer:
         await self.server.wait_for_termination()
 
 
+def _running(engine: Engine) -> tuple[str, str]:
+    """(backend, precision) the engine's models run, ``auto`` resolved."""
+    running = engine.running
+    if running is None:
+        return engine.config.backend, engine.config.backend_options.precision
+    return running.backend, running.precision
+
+
 async def open_app(settings: Settings, engine: Engine | None = None) -> AppContext:
     """Start the engine (every model verified and loaded) and open the migrated database."""
     engine = engine or Engine(engine_config(settings))
     await engine.start()
+    if engine.running is not None:
+        metrics.report_backend(engine.running.backend, engine.running.precision)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         database = Database(settings.resolved_database_url)
@@ -237,11 +248,11 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
     for name in SERVICE_NAMES:
         await health_servicer.set(name, serving)
     log.info(
-        "vigil serving on %s:%d (%s, backend %s)",
+        "vigil serving on %s:%d (%s, backend %s, precision %s)",
         settings.host,
         port,
         "TLS" if credentials is not None else "plaintext",
-        settings.backend,
+        *_running(app.engine),
     )
     return VigilServer(
         server, app, health_servicer, port, settings.shutdown_grace_s, background, security
@@ -261,7 +272,11 @@ async def work_forever(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("vigil worker running (%d analysis workers)", max(1, settings.analysis_workers))
+    log.info(
+        "vigil worker running (%d analysis workers, backend %s, precision %s)",
+        max(1, settings.analysis_workers),
+        *_running(app.engine),
+    )
     await stop.wait()
     for task in background:
         await task.stop()

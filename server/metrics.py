@@ -35,6 +35,18 @@ CACHE_EVICTIONS = Counter(
     ["cache"],
 )
 
+BACKEND_INFO = Gauge(
+    "vigil_backend_info",
+    "1 for the inference backend and precision the models run (VIGIL_BACKEND auto resolved)",
+    ["backend", "precision"],
+)
+
+
+def report_backend(backend: str, precision: str) -> None:
+    """Label :data:`BACKEND_INFO` with what runs now (only that: a restarted engine replaces it)."""
+    BACKEND_INFO.clear()
+    BACKEND_INFO.labels(backend, precision).set(1)
+
 
 def serve_metrics(host: str, port: int) -> None:
     """Start the Prometheus endpoint in a daemon thread (``port`` 0 leaves it off)."""

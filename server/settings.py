@@ -36,15 +36,24 @@ class Settings(BaseSettings):
     """Installed model files; default ``<data_dir>/models``."""
     model_mirror: str | None = None
     """Mirror to install models from: a directory or a base URL. Default ``../shared/models``."""
-    backend: str = "onnxruntime"
-    """Inference backend: onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt or tensorrt."""
-    precision: Literal["fp32", "fp16"] = "fp32"
-    """Precision for backends that can choose (TensorRT)."""
+    backend: str = "auto"
+    """Inference backend: auto, openvino, onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt or
+    tensorrt. auto runs the fastest CPU backend that passes the accuracy gate on this CPU: OpenVINO
+    in bf16 where the CPU has native bf16 (AVX-512 BF16 or AMX), else ONNX Runtime fp32 (and ONNX
+    Runtime if OpenVINO fails to load, with a warning). GetServerInfo, the start-up log and the
+    vigil_backend_info metric say which one runs."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Numeric precision. auto: bf16 for OpenVINO on a CPU with native bf16, fp32 otherwise (and
+    for TensorRT). fp32 forces full precision (with backend auto: ONNX Runtime fp32, what CPUs
+    without bf16 run); bf16 (OpenVINO) and fp16 (OpenVINO on CPUs with native fp16, TensorRT) are
+    refused where the hardware lacks them."""
     engine_cache_dir: Path | None = None
-    """Where TensorRT engines are cached; default ``<data_dir>/engines``."""
+    """Where compiled models are cached (TensorRT engines; OpenVINO in its ``openvino``
+    sub-directory); default ``<data_dir>/engines``."""
     intra_op_threads: int = Field(default_factory=_default_threads)
-    """Threads an ONNX Runtime call may use when it runs alone in the server (lowest latency);
-    calls beside others use one thread each (CPU backend). Default: the number of cores."""
+    """Threads a CPU backend call may use when it runs alone in the server (lowest latency);
+    calls beside others use one thread each (ONNX Runtime; OpenVINO: one stream each). Default:
+    the number of cores."""
     worker_threads: int = 0
     """Threads for decoding, detection, alignment and backend calls; 0: detector instances + 4."""
     detector_instances: int = Field(

@@ -161,9 +161,11 @@ class InstantServicer(instant_pb2_grpc.InstantServicer):
         context: Context,
     ) -> instant_pb2.ServerInfo:
         config = self.engine.config
+        running = self.engine.running
         return instant_pb2.ServerInfo(
             version=__version__,
-            backend=config.backend,
+            backend=running.backend if running else config.backend,
+            precision=running.precision if running else "",
             models=[
                 instant_pb2.ModelInfo(
                     ref=conv.model_ref(spec),

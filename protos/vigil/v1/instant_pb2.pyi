@@ -502,12 +502,16 @@ class ServerInfo(_message.Message):
     MATCH_DISTANCE_THRESHOLD_FIELD_NUMBER: _builtins.int
     MAX_IMAGE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     backend: _builtins.str
+    """The backend the models run, resolved: e.g. "openvino" or "onnxruntime", never "auto"."""
     liveness_threshold: _builtins.float
     match_distance_threshold: _builtins.float
     max_image_bytes: _builtins.int
     max_image_pixels: _builtins.int
+    precision: _builtins.str
+    """The numeric precision the models run: "fp32", "bf16" or "fp16"."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]: ...
     def __init__(
@@ -520,10 +524,11 @@ class ServerInfo(_message.Message):
         match_distance_threshold: _builtins.float = ...,
         max_image_bytes: _builtins.int = ...,
         max_image_pixels: _builtins.int = ...,
+        precision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "liveness_threshold", b"liveness_threshold", "match_distance_threshold", b"match_distance_threshold", "max_image_bytes", b"max_image_bytes", "max_image_pixels", b"max_image_pixels", "models", b"models", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "liveness_threshold", b"liveness_threshold", "match_distance_threshold", b"match_distance_threshold", "max_image_bytes", b"max_image_bytes", "max_image_pixels", b"max_image_pixels", "models", b"models", "precision", b"precision", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
