@@ -37,7 +37,14 @@ import pytest
 from vigil.inference.backends import tensorrt as trt_backend
 from vigil.inference.backends import trt_plan as plan
 from vigil.inference.backends.base import BackendOptions
-from vigil.inference.catalog import DLIB_RESNET, MINIFASNET_V2, YUNET, ModelSpec, TensorSpec
+from vigil.inference.catalog import (
+    DLIB_RESNET,
+    MINIFASNET_V1SE,
+    MINIFASNET_V2,
+    YUNET,
+    ModelSpec,
+    TensorSpec,
+)
 from vigil.inference.errors import InvalidArgument, ModelError, Unavailable
 
 
@@ -1501,6 +1508,87 @@ def test_dlib_resnet_on_gpu_concurrent_threads(tmp_path: Path) -> None:
         t.join()
     model.unload()
     assert not errors, errors[0]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return np.asarray(shifted / shifted.sum(axis=1, keepdims=True))
+
+
+@needs_gpu
+@pytest.mark.parametrize(("precision", "max_shift"), [("fp32", 1e-3), ("fp16", 0.02)])
+@pytest.mark.parametrize("spec", [MINIFASNET_V2, MINIFASNET_V1SE], ids=lambda s: s.name)
+def test_minifasnet_on_gpu_matches_onnxruntime(
+    tmp_path: Path, spec: ModelSpec, precision: str, max_shift: float
+) -> None:
+    """Liveness probabilities from crops of the sample photos: within ``max_shift`` of ONNX
+    Runtime (the accuracy gate's 0.02 for fp16), through both profiles and a split batch."""
+    if precision == "fp16":
+        pytest.importorskip("onnx", reason="fp16 needs the onnx package")
+    ort = pytest.importorskip("onnxruntime")
+    photos = gpu_check._photos(MODEL_DIR.parent / "data" / "faces")
+    x = gpu_check._model_inputs(spec, photos, 37)["input"]  # 37 = 32 + 5
+    path = MODEL_DIR / spec.file
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = _softmax(np.asarray(session.run(None, {"input": x})[0]))
+    options = BackendOptions(cache_dir=tmp_path, precision=precision, max_batch_size=32)
+    model = trt_backend.TensorRTBackend(streams=2).load(spec, path, options)
+    try:
+        for batch in (1, 3, 37):
+            logits = model.infer({"input": x[:batch]})["logits"]
+            assert logits.shape == (batch, 3)
+            shift = np.abs(_softmax(logits) - reference[:batch]).max()
+            assert shift <= max_shift, shift
+    finally:
+        model.unload()
+
+
+@needs_gpu
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-3), ("fp16", 3e-2)])
+def test_yunet_dynamic_size_on_gpu_matches_onnxruntime(
+    tmp_path: Path, precision: str, tolerance: float
+) -> None:
+    """YuNet built for the configured detection size (dynamic H/W): every output within
+    ``tolerance`` (relative) of ONNX Runtime on photos of several shapes, and the detector
+    finds the same faces, boxes within 1 px, on the TensorRT engine."""
+    if precision == "fp16":
+        pytest.importorskip("onnx", reason="fp16 needs the onnx package")
+    ort = pytest.importorskip("onnxruntime")
+    from vigil.inference.backends.onnxruntime import OnnxRuntimeBackend
+    from vigil.inference.detector import YuNetDetector, prepare
+
+    path = MODEL_DIR / YUNET.file
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    photos = gpu_check._photos(MODEL_DIR.parent / "data" / "faces")
+    options = BackendOptions(cache_dir=tmp_path, precision=precision, detect_max_side=800)
+    model = trt_backend.TensorRTBackend().load(YUNET, path, options)
+    cpu = OnnxRuntimeBackend("onnxruntime", ("CPUExecutionProvider",)).load(
+        YUNET, path, BackendOptions()
+    )
+    try:
+        shapes = set()
+        for photo in photos:
+            for side in (320, 640, 800):
+                tensor, _ = prepare(photo, side)
+                shapes.add(tensor.shape)
+                reference = dict(zip(names, session.run(None, {"input": tensor}), strict=True))
+                outputs = model.infer({"input": tensor})
+                for name in names:
+                    check = gpu_check.compare(
+                        name, reference[name], outputs[name], precision, embedding=False
+                    )
+                    assert check.value <= tolerance, (name, tensor.shape, check)
+        assert len(shapes) >= 3  # several H/W through one engine
+        on_gpu, on_cpu = YuNetDetector(model, max_side=800), YuNetDetector(cpu, max_side=800)
+        for photo in photos:
+            gpu_faces, cpu_faces = on_gpu.detect(photo), on_cpu.detect(photo)
+            assert len(gpu_faces) == len(cpu_faces) >= 1
+            for a, b in zip(gpu_faces, cpu_faces, strict=True):
+                assert np.abs(np.asarray(a.box) - np.asarray(b.box)).max() <= 1.0
+    finally:
+        model.unload()
+        cpu.unload()
 
 
 # =========================================================================== GPU packaging, CPU
