@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from vigil.inference.backends import BackendOptions
+from vigil.inference.backends import GPU_BACKENDS, BackendOptions
 from vigil.inference.batcher import BatcherConfig
 from vigil.inference.catalog import DEFAULT_MODELS, YUNET
 from vigil.inference.decisions import Thresholds
@@ -76,13 +76,21 @@ def thresholds(settings: Settings) -> Thresholds:
     )
 
 
+def batches_in_flight(settings: Settings) -> int:
+    """``model_instances``, or its default: 2 on a GPU backend, 1 on a CPU one."""
+    if settings.model_instances > 0:
+        return settings.model_instances
+    return 2 if settings.backend in GPU_BACKENDS else 1
+
+
 def engine_config(settings: Settings) -> EngineConfig:
+    in_flight = batches_in_flight(settings)
     batching = {
         spec.name: BatcherConfig(
             max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
             max_queue_size=settings.max_queue_size,
-            instances=settings.model_instances,
+            instances=in_flight,
             max_fill_wait_s=settings.batch_fill_wait_ms / 1000.0,
         )
         for spec in DEFAULT_MODELS
@@ -102,8 +110,13 @@ def engine_config(settings: Settings) -> EngineConfig:
             intra_op_threads=settings.intra_op_threads,
             cache_dir=settings.resolved_engine_cache_dir,
             precision=settings.precision,
+            # One GPU context and stream per batch in flight: no idle ones.
+            streams=in_flight,
             # Detector jobs beyond 4 wait for a free context; each costs a copy of the engine.
-            streams=max(settings.model_instances, min(settings.detector_instances, 4)),
+            detector_streams=min(settings.detector_instances, 4),
+            # Compiled engines are built for what the batchers and the detector send.
+            max_batch_size=settings.max_batch_size,
+            detect_max_side=settings.detect_max_side,
         ),
         image_limits=ImageLimits(
             max_bytes=settings.max_image_bytes,

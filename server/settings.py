@@ -62,8 +62,10 @@ class Settings(BaseSettings):
     )
     """Images decoded and detected at once, one thread each (YuNet's ONNX has a fixed batch of
     1). Default: the number of cores + 1."""
-    model_instances: int = 1
-    """Batches of each per-face model that may run at once (GPU streams; 1 suits a CPU)."""
+    model_instances: int = 0
+    """Batches of each per-face model that may run at once; 0: 2 on a GPU backend (one batch
+    computes while the next one's copies run; each is a TensorRT execution context and CUDA
+    stream), 1 on a CPU one (a batch uses the cores it is given)."""
     max_batch_size: int = 32
     """Largest batch for the per-face models (embedding, liveness); 1 turns batching off."""
     max_queue_delay_ms: float = 0.0

@@ -1782,3 +1782,49 @@ def test_gpu_check_says_what_is_missing_without_tensorrt(
 ) -> None:
     assert gpu_check.main(["--models", str(MODEL_DIR)]) == 2
     assert "TensorRT is missing" in capsys.readouterr().out
+
+
+# =========================================================================== the server's options
+
+
+@pytest.mark.parametrize(
+    ("backend", "instances", "in_flight"),
+    [("tensorrt", 0, 2), ("onnxruntime-cuda", 0, 2), ("onnxruntime", 0, 1), ("tensorrt", 3, 3)],
+)
+def test_the_server_sizes_gpu_contexts_from_the_batches_in_flight(
+    backend: str, instances: int, in_flight: int
+) -> None:
+    """2 batches of a per-face model in flight on a GPU (1 on CPU) unless configured, one
+    context each; the engines are built for the configured batch size and detection size."""
+    from vigil.server.app import engine_config
+    from vigil.server.settings import Settings
+
+    settings = Settings(
+        backend=backend,
+        model_instances=instances,
+        max_batch_size=48,
+        detect_max_side=1000,
+        detector_instances=9,
+    )
+    config = engine_config(settings)
+    per_face = [c for name, c in config.batching.items() if name != YUNET.name]
+    assert per_face and all(c.instances == in_flight for c in per_face)
+    options = config.backend_options
+    assert (options.streams, options.detector_streams) == (in_flight, 4)
+    assert (options.max_batch_size, options.detect_max_side) == (48, 1000)
+    backend_ = trt_backend.TensorRTBackend()
+    assert backend_.streams_for(DLIB_RESNET, options) == in_flight
+    assert backend_.streams_for(YUNET, options) == 4
+    (profile,) = backend_.profiles_for(YUNET, options)
+    assert profile.range("input").max == (1, 3, 1024, 1024)
+    assert backend_.profiles_for(DLIB_RESNET, options)[-1].max_batch == 48
+
+
+def test_detector_streams_on_fakes(fake_gpu: FakeGpu, tmp_path: Path) -> None:
+    fake_gpu(FAKE_DETECTOR, _fake_detector)
+    options = BackendOptions(streams=2, detector_streams=3, detect_max_side=32)
+    model = trt_backend.TensorRTBackend().load(FAKE_DETECTOR, _onnx_file(tmp_path), options)
+    try:
+        assert len(model._slots) == 3
+    finally:
+        model.unload()

@@ -61,6 +61,9 @@ BACKENDS: dict[str, Callable[[], Backend]] = {
     "openvino": _openvino,
     "tensorrt": _tensorrt,
 }
+#: Backends that run the models on a GPU (the server lets 2 batches of a model run at once there:
+#: one computes while the next one's copies run).
+GPU_BACKENDS = frozenset({"onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt"})
 #: The setting that picks among :data:`AUTO_CHOICES` (the default).
 AUTO = "auto"
 #: Precisions each backend runs, where this module checks them (the others check their own).
@@ -211,6 +214,7 @@ __all__ = [
     "AUTO",
     "AUTO_CHOICES",
     "BACKENDS",
+    "GPU_BACKENDS",
     "ON_REFERENCE",
     "REFERENCE",
     "Backend",

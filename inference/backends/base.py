@@ -28,9 +28,12 @@ class BackendOptions:
     precision: str = "fp32"
     #: GPU ordinal for GPU backends.
     device_id: int = 0
-    #: Batches of one model that may run at once (TensorRT: one execution context and CUDA
-    #: stream each). 0 leaves it to the backend.
+    #: Batches of one per-face model that may run at once (TensorRT: one execution context and
+    #: CUDA stream each). 0 leaves it to the backend.
     streams: int = 0
+    #: Detector (fixed batch of 1) calls that may run at once, each with its own context and
+    #: stream on a GPU. 0: as ``streams``.
+    detector_streams: int = 0
     #: Largest batch the per-face models are sent (the batchers' size); compiled backends build
     #: for it (TensorRT profiles). 0: the catalog's ``max_batch_size``.
     max_batch_size: int = 0

@@ -831,7 +831,7 @@ class TensorRTBackend:
                 runtime=runtime,
                 serialized=serialized,
                 profiles=profiles,
-                streams=options.streams or self.streams,
+                streams=self.streams_for(spec, options),
                 acquire_timeout_s=self.acquire_timeout_s,
                 engine=engine,
             )
@@ -839,6 +839,14 @@ class TensorRTBackend:
             raise
         except Exception as exc:  # TensorRT and CUDA raise many kinds; report them as one
             raise ModelError(f"cannot load {spec.ref} with TensorRT: {exc}") from exc
+
+    def streams_for(self, spec: ModelSpec, options: BackendOptions) -> int:
+        """Execution slots for ``spec``: ``options.detector_streams`` for a detector (fixed batch
+        of 1, called by several detector jobs at once), else ``options.streams`` (the batches
+        the server keeps in flight); the backend's own number where they are 0."""
+        if spec.fixed_batch and options.detector_streams:
+            return options.detector_streams
+        return options.streams or self.streams
 
     def profiles_for(self, spec: ModelSpec, options: BackendOptions) -> tuple[plan.Profile, ...]:
         """The optimisation profiles ``spec`` is built with under ``options``: the batch range
