@@ -6,6 +6,10 @@ A backend that receives a verdict token from a browser checks it here, with no c
     verdict = verify_verdict(token, jwks, expected_folder=folder_id)
     if verdict.resolution == "SUCCESS": ...
 
+By default only a folder's verdict is accepted: a token about one analysis (``scope`` claim
+``analysis``; a passing analysis may sit in a DECLINED folder) is refused unless the caller asks
+for that analysis with ``expected_analysis_id=``.
+
 The token is a JWS compact token signed with Ed25519 (``alg`` EdDSA). Only EdDSA is accepted,
 whatever the token's header says; the key is the JWK whose ``kid`` the header names; the issuer
 must be ``vigil`` and the ``typ`` claim ``verdict`` (an access token signed by the same key is not a
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +37,8 @@ class VerdictError(ValueError):
     """A verdict token that must not be trusted; ``reason`` says why in one word.
 
     Reasons: MALFORMED, ALGORITHM, BAD_JWKS, UNKNOWN_KEY, BAD_SIGNATURE, EXPIRED, NOT_YET_VALID,
-    ISSUER, TYPE, MISSING_CLAIM, WRONG_FOLDER, WRONG_TRANSACTION, INVALID.
+    ISSUER, TYPE, MISSING_CLAIM, WRONG_FOLDER, WRONG_TRANSACTION, ANALYSIS_SCOPE, WRONG_ANALYSIS,
+    INVALID.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -57,6 +62,14 @@ class Verdict:
     issued_at: datetime
     expires_at: datetime
     key_id: str = ""
+    #: "folder" (the folder's resolution) or "analysis" (one analysis's).
+    scope: str = "folder"
+    #: The folder's resolution when the token was signed (also in an analysis's verdict).
+    folder_resolution: str | None = None
+    #: Analysis id → the thresholds its decision used.
+    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: Analyses decided with a threshold the caller chose rather than the server's.
+    caller_thresholds: tuple[str, ...] = ()
 
 
 def _keys(jwks: str | bytes | Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -106,13 +119,16 @@ def verify_verdict(
     *,
     expected_folder: str | None = None,
     expected_transaction_id: str | None = None,
+    expected_analysis_id: str | None = None,
     leeway_s: float = 0,
 ) -> Verdict:
-    """The claims of ``token`` once its signature, issuer, type and lifetime are checked.
+    """The claims of ``token`` once its signature, issuer, type, lifetime and scope are checked.
 
     ``jwks`` is ``GetPublicKeys``' JSON (or its parsed dict). ``expected_folder`` and
-    ``expected_transaction_id``, when given, must equal the token's. ``leeway_s`` allows for clock
-    skew. Raises :class:`VerdictError` on any failure, and ImportError without PyJWT.
+    ``expected_transaction_id``, when given, must equal the token's. Without
+    ``expected_analysis_id`` only a folder's verdict is accepted; with it, only that analysis's.
+    ``leeway_s`` allows for clock skew. Raises :class:`VerdictError` on any failure, and
+    ImportError without PyJWT.
     """
     try:  # PyJWT with its cryptography backend; an install without them gets the hint
         import jwt
@@ -179,13 +195,43 @@ def verify_verdict(
             f"the verdict's transaction is {transaction_id!r}, not {expected_transaction_id!r}",
         )
     assert folder is not None
+    analysis = _text(claims, "analysis", False)
+    scope = _scope(claims, analysis, expected_analysis_id)
+    thresholds = claims.get("thresholds") or {}
+    caller = claims.get("caller_thresholds") or []
+    if not isinstance(thresholds, dict) or not isinstance(caller, list):
+        raise VerdictError("INVALID", "the verdict's thresholds claims are malformed")
     return Verdict(
         folder=folder,
-        analysis=_text(claims, "analysis", False),
+        analysis=analysis,
         resolution=_text(claims, "resolution", True) or "",
         transaction_id=transaction_id,
         company=_text(claims, "company", True) or "",
         issued_at=datetime.fromtimestamp(claims["iat"], UTC),
         expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         key_id=kid,
+        scope=scope,
+        folder_resolution=_text(claims, "folder_resolution", False),
+        thresholds=thresholds,
+        caller_thresholds=tuple(str(a) for a in caller),
     )
+
+
+def _scope(claims: Mapping[str, Any], analysis: str | None, expected: str | None) -> str:
+    """The token's scope, once it is the one the caller expects (a folder's by default)."""
+    scope = claims.get("scope") or ("analysis" if analysis else "folder")
+    if scope not in ("folder", "analysis") or (scope == "analysis") != (analysis is not None):
+        raise VerdictError("INVALID", f"the verdict's scope {scope!r} does not fit its claims")
+    if scope == "analysis" and expected is None:
+        raise VerdictError(
+            "ANALYSIS_SCOPE",
+            f"the verdict is about analysis {analysis!r} only, not the folder (whose resolution "
+            f"was {claims.get('folder_resolution')!r}); pass expected_analysis_id= to accept it",
+        )
+    if expected is not None and analysis != expected:
+        raise VerdictError(
+            "WRONG_ANALYSIS",
+            f"the verdict is about {'analysis ' + repr(analysis) if analysis else 'the folder'}, "
+            f"not analysis {expected!r}",
+        )
+    return str(scope)

@@ -29,6 +29,7 @@ from vigil.server.api.collections import CollectionsServicer
 from vigil.server.api.folders import FoldersServicer
 from vigil.server.api.instant import InstantServicer
 from vigil.server.api.interceptor import ErrorMappingInterceptor
+from vigil.server.api.validation import RequestLimits
 from vigil.server.api.webhooks import WebhooksServicer
 from vigil.server.context import AppContext
 from vigil.server.jobs.webhooks import WebhookDispatcher
@@ -38,6 +39,7 @@ from vigil.server.security.state import Security, build_security
 from vigil.server.security.tls import server_credentials
 from vigil.server.settings import Settings
 from vigil.storage.blobs import LocalBlobStore
+from vigil.storage.common import set_page_token_key
 from vigil.storage.db import Database, migrate
 from vigil.v1 import (
     auth_pb2,
@@ -221,9 +223,13 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
     credentials = server_credentials(settings)  # refuses plaintext unless allowed, before loading
     app = await open_app(settings, engine)
     security = build_security(app)
+    set_page_token_key(security.signer.derived_key(b"vigil page tokens"))
     max_message = settings.resolved_max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(), AuthInterceptor(app, security.authenticator)],
+        interceptors=[
+            ErrorMappingInterceptor(RequestLimits.of(settings)),
+            AuthInterceptor(app, security.authenticator),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),

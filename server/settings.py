@@ -194,6 +194,24 @@ class Settings(BaseSettings):
     """Lifetime of a refresh token (each is single use)."""
     verdict_ttl_s: float = 3600.0
     """Lifetime of a signed verdict."""
+    meta_max_keys: int = 64
+    """Metadata keys a folder or a media may hold (and keys one UpdateFolderMeta may remove)."""
+    meta_max_key_chars: int = 64
+    """Longest metadata key, in characters."""
+    meta_max_value_chars: int = 1024
+    """Longest metadata value, in characters."""
+    list_max_filters: int = 32
+    """Metadata filters one ListFolders query may carry."""
+    max_analyses_per_call: int = 16
+    """Analyses one CreateAnalyses (or one Submit) may ask for."""
+    max_media_per_folder: int = 64
+    """Media one folder may hold (0: no limit)."""
+    folders_per_company_per_hour: int = 10_000
+    """Folders one company may create per rolling hour; beyond, RESOURCE_EXHAUSTED (0: no
+    limit)."""
+    max_string_chars: int = 4096
+    """Longest string accepted in any request field without a tighter bound of its own (ids 128,
+    emails 320, passwords 1024, names 256, content types 255, page tokens 1024)."""
     rate_limit_per_s: float = 100.0
     """Calls per second each credential may make (bursts up to VIGIL_RATE_LIMIT_BURST); 0 = off."""
     rate_limit_burst: float = 200.0

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from vigil.inference.errors import AlreadyExists, InvalidArgument, Unauthenticated
-from vigil.storage.common import decode_page_token, encode_page_token, not_found
+from vigil.storage.common import decode_keyset_token, encode_page_token, not_found
 from vigil.storage.tables import ApiKey, AuditEvent, Company, RefreshToken, User, utcnow
 
 KEY_PREFIX = "vk_"
@@ -246,8 +246,7 @@ def list_audit(
 ) -> tuple[list[AuditEvent], str]:
     stmt = select(AuditEvent).where(AuditEvent.company_id == company_id)
     if page_token:
-        at, last_id = decode_page_token(page_token)
-        moment = datetime.fromisoformat(at)
+        moment, last_id = decode_keyset_token(page_token)
         stmt = stmt.where(
             (col(AuditEvent.at) < moment)
             | ((col(AuditEvent.at) == moment) & (col(AuditEvent.id) < last_id))

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, delete, exists, or_
+from sqlalchemy import CursorResult, and_, delete, false, func, or_, tuple_
 from sqlmodel import Session, col, select
 
 from vigil.inference.errors import InvalidArgument
-from vigil.storage.common import decode_page_token, encode_page_token, not_found, validate_meta
+from vigil.storage.common import (
+    MetaLimits,
+    QuotaExceeded,
+    decode_keyset_token,
+    encode_page_token,
+    not_found,
+    validate_meta,
+)
 from vigil.storage.tables import (
     Analysis,
     Company,
@@ -42,10 +49,33 @@ def get_folder(folder_id: str, *, company_id: str, session: Session) -> Folder:
     return folder
 
 
+def folders_created_since(since: datetime, *, company_id: str, session: Session) -> int:
+    """How many folders the company created since ``since`` (deleted ones are not counted)."""
+    stmt = select(func.count()).where(Folder.company_id == company_id, Folder.created_at >= since)
+    return int(session.exec(stmt).one())
+
+
 def create_folder(
-    meta: dict[str, str], *, company_id: str, session: Session, folder_id: str | None = None
+    meta: dict[str, str],
+    *,
+    company_id: str,
+    session: Session,
+    folder_id: str | None = None,
+    meta_limits: MetaLimits | None = None,
+    max_per_hour: int = 0,
 ) -> Folder:
-    folder = Folder(company_id=company_id, meta=validate_meta(meta))
+    """A new folder; QuotaExceeded when the company created ``max_per_hour`` in the last hour
+    (0: no quota)."""
+    meta = validate_meta(meta, limits=meta_limits)
+    if max_per_hour > 0:
+        since = utcnow() - timedelta(hours=1)
+        created = folders_created_since(since, company_id=company_id, session=session)
+        if created >= max_per_hour:
+            raise QuotaExceeded(
+                f"this company created {created} folders in the last hour; the limit is "
+                f"{max_per_hour} (VIGIL_FOLDERS_PER_COMPANY_PER_HOUR)"
+            )
+    folder = Folder(company_id=company_id, meta=meta)
     if folder_id is not None:
         folder.id = folder_id
     session.add(folder)
@@ -56,14 +86,27 @@ def create_folder(
 
 
 def update_folder_meta(
-    folder_id: str, set_: dict[str, str], remove: list[str], *, company_id: str, session: Session
+    folder_id: str,
+    set_: dict[str, str],
+    remove: list[str],
+    *,
+    company_id: str,
+    session: Session,
+    meta_limits: MetaLimits | None = None,
 ) -> Folder:
+    limits = meta_limits or MetaLimits()
+    if len(remove) > limits.max_keys:
+        raise InvalidArgument(
+            f"remove names {len(remove)} keys; at most {limits.max_keys} are allowed "
+            "(VIGIL_META_MAX_KEYS)"
+        )
     folder = get_folder(folder_id, company_id=company_id, session=session)
-    if set(set_) & set(remove):
-        raise InvalidArgument(f"keys both set and removed: {sorted(set(set_) & set(remove))}")
+    both = sorted(set(set_) & set(remove))
+    if both:
+        raise InvalidArgument(f"{len(both)} keys both set and removed, e.g. {both[0][:80]!r}")
     meta = {k: v for k, v in folder.meta.items() if k not in remove}
     meta.update(set_)
-    folder.meta = validate_meta(meta)
+    folder.meta = validate_meta(meta, limits=limits)
     folder.updated_at = utcnow()
     session.add(folder)
     session.execute(
@@ -124,28 +167,41 @@ class FolderQuery:
     page_token: str = ""
 
 
+def _meta_filters(stmt: Any, query: FolderQuery, company_id: str) -> Any:
+    """The metadata filters as two subqueries over ``folder_meta``, whatever their number: one
+    index scan per pair and one aggregate, where one EXISTS per filter made the plan (and the
+    planner's work) grow with every filter. A folder has one value per key, so it matches all
+    the ``eq`` pairs exactly when it has as many rows among them as there are pairs."""
+    wanted = set(query.meta_eq)
+    if wanted:
+        if len({key for key, _ in wanted}) < len(wanted):
+            return stmt.where(false())  # one key asked to equal two values: nothing matches
+        matching = (
+            select(FolderMeta.folder_id)
+            .where(
+                col(FolderMeta.company_id) == company_id,
+                tuple_(col(FolderMeta.key), col(FolderMeta.value)).in_(sorted(wanted)),
+            )
+            .group_by(col(FolderMeta.folder_id))
+            .having(func.count() == len(wanted))
+        )
+        stmt = stmt.where(col(Folder.id).in_(matching))
+    unwanted = set(query.meta_ne)
+    if unwanted:
+        excluded = select(FolderMeta.folder_id).where(
+            col(FolderMeta.company_id) == company_id,
+            tuple_(col(FolderMeta.key), col(FolderMeta.value)).in_(sorted(unwanted)),
+        )
+        stmt = stmt.where(col(Folder.id).not_in(excluded))
+    return stmt
+
+
 def list_folders(
     query: FolderQuery, *, company_id: str, session: Session
 ) -> tuple[list[Folder], str]:
     """A page of folders and the next page's token ('' on the last page). Keyset pagination."""
     stmt = select(Folder).where(Folder.company_id == company_id)
-    for key, value in query.meta_eq:
-        stmt = stmt.where(
-            exists().where(
-                col(FolderMeta.company_id) == company_id,
-                col(FolderMeta.key) == key,
-                col(FolderMeta.value) == value,
-                col(FolderMeta.folder_id) == col(Folder.id),
-            )
-        )
-    for key, value in query.meta_ne:
-        stmt = stmt.where(
-            ~exists().where(
-                col(FolderMeta.folder_id) == col(Folder.id),
-                col(FolderMeta.key) == key,
-                col(FolderMeta.value) == value,
-            )
-        )
+    stmt = _meta_filters(stmt, query, company_id)
     bounds = (
         (Folder.created_at, query.created_after, query.created_before),
         (Folder.updated_at, query.updated_after, query.updated_before),
@@ -163,11 +219,7 @@ def list_folders(
         stmt = stmt.where(Folder.analyses_count == 0)
     sort = col(Folder.created_at) if query.order_by == "created_at" else col(Folder.updated_at)
     if query.page_token:
-        last_time, last_id = decode_page_token(query.page_token)
-        try:
-            moment = datetime.fromisoformat(last_time)
-        except (TypeError, ValueError):
-            raise InvalidArgument("page_token is not one this server issued") from None
+        moment, last_id = decode_keyset_token(query.page_token)
         if query.descending:
             stmt = stmt.where(or_(sort < moment, and_(sort == moment, col(Folder.id) < last_id)))
         else:
@@ -189,9 +241,17 @@ def list_folders(
 # ---- media -------------------------------------------------------------------------------------
 
 
-def add_media(media: Media, *, session: Session) -> Media:
-    """Record an uploaded media (its blob is already committed) and touch its folder."""
+def add_media(media: Media, *, session: Session, max_per_folder: int = 0) -> Media:
+    """Record an uploaded media (its blob is already committed) and touch its folder;
+    QuotaExceeded when the folder already holds ``max_per_folder`` media (0: no limit)."""
     folder = get_folder(media.folder_id, company_id=media.company_id, session=session)
+    if max_per_folder > 0:
+        held = session.exec(select(func.count()).where(Media.folder_id == folder.id)).one()
+        if held >= max_per_folder:
+            raise QuotaExceeded(
+                f"the folder holds {held} media; the limit is {max_per_folder} "
+                "(VIGIL_MAX_MEDIA_PER_FOLDER)"
+            )
     session.add(media)
     folder.updated_at = utcnow()
     session.add(folder)

@@ -103,6 +103,14 @@ class ServerThread:
 
         return self.call(lambda: app.db(work))
 
+    def ensure_company(self, name: str) -> str:
+        """The id of company ``name``, created in the database if needed (an ADMIN naming an
+        unknown company in ``vigil-company`` gets NOT_FOUND: tests create theirs first)."""
+        from vigil.storage import folders
+
+        app = self.vigil.app
+        return self.call(lambda: app.db(lambda s: folders.ensure_company(name, session=s).id))
+
     def channel(self, key: str | None = None, **options: object) -> grpc.Channel:
         """A channel to this server whose calls carry ``key`` (default: an ADMIN key)."""
         from vigil.client.connection import Connection, authenticated_channel
@@ -241,12 +249,18 @@ def api_server(request: pytest.FixtureRequest) -> ServerThread:
 
 
 @pytest.fixture
-def company() -> Metadata:
+def company(request: pytest.FixtureRequest) -> Metadata:
     """Call metadata naming a company of this test's own, so tests never see each other's rows.
 
-    The channels carry an ADMIN key, and an ADMIN may act in any company by naming it.
+    The channels carry an ADMIN key, and an ADMIN may act in any existing company by naming it;
+    the company is created in the server(s) the test uses.
     """
-    return (("vigil-company", f"test-{uuid.uuid4().hex[:12]}"),)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    for fixture in ("api_server", "server", "postgres_server"):
+        if fixture in request.fixturenames:
+            running: ServerThread = request.getfixturevalue(fixture)
+            running.ensure_company(name)
+    return (("vigil-company", name),)
 
 
 @pytest.fixture

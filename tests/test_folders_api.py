@@ -123,7 +123,9 @@ def test_folder_lifecycle_and_media_round_trip(stub: Stub, company: Metadata) ->
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_another_company_sees_nothing(stub: Stub, company: Metadata) -> None:
+def test_another_company_sees_nothing(
+    stub: Stub, company: Metadata, api_server: ServerThread
+) -> None:
     folder = folder_with(stub, company, [(FACES / "obama.jpg", ["photo_selfie"])])
     media_id = (
         stub.GetFolder(fp.GetFolderRequest(folder_id=folder.id), metadata=company).media[0].id
@@ -132,6 +134,7 @@ def test_another_company_sees_nothing(stub: Stub, company: Metadata) -> None:
         fp.CreateAnalysesRequest(folder_id=folder.id, analyses=[LIVENESS]), metadata=company
     )
     other = (("vigil-company", company[0][1] + "-other"),)
+    api_server.ensure_company(other[0][1])
     calls: list[Callable[[], object]] = [
         lambda: stub.GetFolder(fp.GetFolderRequest(folder_id=folder.id), metadata=other),
         lambda: stub.DeleteFolder(fp.DeleteFolderRequest(folder_id=folder.id), metadata=other),

@@ -250,6 +250,10 @@ def test_a_final_folder_gets_a_verdict_that_verifies_offline(api_server: ServerT
         issued_at=verdict.issued_at,
         expires_at=verdict.expires_at,
         key_id=signed.key_id,
+        scope="folder",
+        folder_resolution="SUCCESS",
+        thresholds={analysis_id: {"liveness": 0.5}},  # the server's, inside the signed claims
+        caller_thresholds=(),
     )
     assert verdict.expires_at == signed.expires_at.ToDatetime(tzinfo=UTC).replace(microsecond=0)
     assert timedelta(minutes=59) <= verdict.expires_at - verdict.issued_at <= timedelta(hours=1)
@@ -259,8 +263,14 @@ def test_a_final_folder_gets_a_verdict_that_verifies_offline(api_server: ServerT
 
     other = verify_verdict(declined.token, jwks, expected_folder=spoof.id)
     assert (other.resolution, other.transaction_id) == ("DECLINED", None)
-    by_analysis = verify_verdict(one.token, jwks, expected_folder=live.id)
+    by_analysis = verify_verdict(
+        one.token, jwks, expected_folder=live.id, expected_analysis_id=analysis_id
+    )
     assert (by_analysis.analysis, by_analysis.resolution) == (analysis_id, "SUCCESS")
+    assert (by_analysis.scope, by_analysis.folder_resolution) == ("analysis", "SUCCESS")
+    # an analysis's verdict is refused where a folder's is expected (the default)
+    refused("ANALYSIS_SCOPE", one.token, jwks, expected_folder=live.id)
+    refused("WRONG_ANALYSIS", signed.token, jwks, expected_analysis_id=analysis_id)
 
     refused("WRONG_FOLDER", declined.token, jwks, expected_folder=live.id)
     refused("WRONG_TRANSACTION", signed.token, jwks, expected_transaction_id="tx-other")
@@ -295,7 +305,8 @@ def test_the_sdk_clients_fetch_verdicts_and_keys(api_server: ServerThread) -> No
         jwks = client.public_keys()
         analysis = client.get_verdict(folder.id, folder.analyses[0].id)
     assert verify_verdict(signed.token, jwks, expected_transaction_id="t-9").folder == folder.id
-    assert verify_verdict(analysis.token, jwks).analysis == folder.analyses[0].id
+    only = folder.analyses[0].id
+    assert verify_verdict(analysis.token, jwks, expected_analysis_id=only).analysis == only
 
     async def use_async() -> tuple[str, str]:
         async with AsyncVigilClient(connection=Connection(api_server.address, api_key=key)) as c:
@@ -308,6 +319,7 @@ def test_the_sdk_clients_fetch_verdicts_and_keys(api_server: ServerThread) -> No
 
 def test_an_access_token_is_not_a_verdict(api_server: ServerThread) -> None:
     company = f"test-{uuid.uuid4().hex[:12]}"
+    api_server.ensure_company(company)
     md = (("vigil-company", company),)
     email, password = f"{uuid.uuid4().hex[:8]}@example.com", "a long enough password"
     with api_server.channel() as channel:
@@ -396,7 +408,9 @@ def _no_verdicts_yet(
     assert verdicts.GetVerdict(auth_pb2.GetVerdictRequest(folder_id=done.id)).token
 
     # another company's CLIENT, and an ADMIN acting in another company, see no such folder
-    elsewhere = (("vigil-company", f"test-{uuid.uuid4().hex[:12]}"),)
+    elsewhere_name = f"test-{uuid.uuid4().hex[:12]}"
+    api_server.ensure_company(elsewhere_name)
+    elsewhere = (("vigil-company", elsewhere_name),)
     with api_server.channel(stranger) as other, api_server.channel() as admin:
         theirs = auth_pb2_grpc.VerdictsStub(other)
         expect(grpc.StatusCode.NOT_FOUND, verdict(done.id, stub=theirs))

@@ -776,6 +776,7 @@ def test_webhook_api_errors(
 ) -> None:
     stub = webhooks_pb2_grpc.WebhooksStub(api_channel)
     other = (("vigil-company", _company_name(company) + "-other"),)
+    api_server.ensure_company(other[0][1])
 
     def code(
         call: Callable[..., object], request: Message, metadata: Metadata = company

@@ -18,7 +18,7 @@ from vigil.server.security.state import Security
 from vigil.storage import analyses, credentials
 from vigil.storage.common import not_found, page_size
 from vigil.storage.results import Resolution
-from vigil.storage.tables import utcnow
+from vigil.storage.tables import Analysis, Folder, utcnow
 from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2
 
 
@@ -269,18 +269,30 @@ class VerdictsServicer(auth_pb2_grpc.VerdictsServicer):
     async def GetVerdict(
         self, request: auth_pb2.GetVerdictRequest, context: Context
     ) -> auth_pb2.SignedVerdict:
-        company = acting_company()
-        folder, resolution = await self.app.db(
-            lambda s: analyses.final_resolution(
-                request.folder_id, request.analysis_id or None, company_id=company, session=s
+        company, analysis_id = acting_company(), request.analysis_id or None
+
+        def work(session: Session) -> tuple[Folder, Resolution, list[Analysis]]:
+            folder, resolution = analyses.final_resolution(
+                request.folder_id, analysis_id, company_id=company, session=session
             )
-        )
+            rows = analyses.folder_analyses(folder.id, company_id=company, session=session)
+            return folder, resolution, [r for r in rows if analysis_id in (None, r.id)]
+
+        folder, resolution, covered = await self.app.db(work)
         claims = {
             "company": company,
             "folder": folder.id,
-            "analysis": request.analysis_id or None,
+            # A verifier cannot miss which one it holds: verify_verdict refuses an analysis's
+            # verdict unless it asks for that analysis (a passing analysis of a DECLINED folder).
+            "scope": "analysis" if analysis_id else "folder",
+            "analysis": analysis_id,
             "resolution": resolution,
+            "folder_resolution": folder.resolution,
             "transaction_id": folder.meta.get("transaction_id"),
+            # The thresholds each decision used, and which were the caller's rather than the
+            # server's (only a credential that sees scores may choose one).
+            "thresholds": {row.id: dict(row.thresholds) for row in covered},
+            "caller_thresholds": sorted(row.id for row in covered if "threshold" in row.params),
         }
         ttl = timedelta(seconds=self.security.settings.verdict_ttl_s)
         token, expires = self.security.signer.sign(claims, ttl, "verdict")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from vigil.inference.decisions import is_match, similarity
 from vigil.inference.errors import InvalidArgument
-from vigil.server.api.converters import face_message, timestamp
+from vigil.server.api.converters import chosen_threshold, face_message, timestamp
 from vigil.storage.face_index import SearchHit as IndexHit
 from vigil.storage.results import face_record
 from vigil.storage.tables import Collection, CollectionFace
@@ -71,9 +69,8 @@ def top_k_of(requested: int) -> int:
 
 
 def threshold_of(requested: float, default: float) -> float:
-    """SearchRequest.threshold: a positive distance, 0 meaning the server's default."""
+    """SearchRequest.threshold: a positive distance up to MAX_DISTANCE_THRESHOLD, 0 meaning the
+    server's default."""
     if requested == 0:
         return default
-    if not math.isfinite(requested) or requested < 0:
-        raise InvalidArgument(f"threshold is {requested}; it must be a positive distance")
-    return float(requested)
+    return chosen_threshold(requested, False, "threshold")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 
@@ -15,6 +16,20 @@ from vigil.inference.types import Face, Subject, Timings
 from vigil.server.rpc import Context
 from vigil.storage.results import FaceRecord
 from vigil.v1 import common_pb2, instant_pb2
+
+#: A distance threshold a caller chooses (BIOMETRY, BLACKLIST, Search) lies in (0, 2]: the
+#: embeddings are unit-scale, so no two faces are further apart than that.
+MAX_DISTANCE_THRESHOLD = 2.0
+
+
+def chosen_threshold(value: float, liveness: bool, field: str) -> float:
+    """A caller's threshold once it is checked to be finite and in its range: a probability in
+    (0, 1] for LIVENESS, a distance in (0, MAX_DISTANCE_THRESHOLD] otherwise."""
+    top = 1.0 if liveness else MAX_DISTANCE_THRESHOLD
+    if not math.isfinite(value) or not 0 < value <= top:
+        what = "a real probability" if liveness else "a distance"
+        raise InvalidArgument(f"{field} is {value:g}; it must be {what} in (0, {top:g}]")
+    return float(value)
 
 
 def require_media(media: common_pb2.Media, field: str) -> bytes:

@@ -12,9 +12,11 @@ from vigil.server.api.converters import moment
 from vigil.server.api.folder_views import folder_details, watch
 from vigil.server.api.media_upload import receive_media
 from vigil.server.api.submit import submit
+from vigil.server.api.validation import meta_limits
 from vigil.server.context import AppContext
 from vigil.server.rpc import Context
-from vigil.server.security.principal import acting_company
+from vigil.server.security.permissions import may_choose_threshold
+from vigil.server.security.principal import acting_company, current_principal
 from vigil.storage import analyses, folders
 from vigil.storage.folders import FolderQuery
 from vigil.storage.tables import Analysis
@@ -28,9 +30,15 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
 
     # ---- folders -----------------------------------------------------------------------------
     async def CreateFolder(self, request: fp.CreateFolderRequest, context: Context) -> fp.Folder:
-        company, meta = acting_company(), dict(request.meta)
+        company, meta, settings = acting_company(), dict(request.meta), self.app.settings
         folder = await self.app.db(
-            lambda s: folders.create_folder(meta, company_id=company, session=s)
+            lambda s: folders.create_folder(
+                meta,
+                company_id=company,
+                session=s,
+                meta_limits=meta_limits(settings),
+                max_per_hour=settings.folders_per_company_per_hour,
+            )
         )
         return conv.folder_message(folder)
 
@@ -45,7 +53,12 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
         set_, remove = dict(request.set), list(request.remove)
         folder = await self.app.db(
             lambda s: folders.update_folder_meta(
-                request.folder_id, set_, remove, company_id=company, session=s
+                request.folder_id,
+                set_,
+                remove,
+                company_id=company,
+                session=s,
+                meta_limits=meta_limits(self.app.settings),
             )
         )
         return conv.folder_message(folder)
@@ -132,7 +145,9 @@ class FoldersServicer(folders_pb2_grpc.FoldersServicer):
     async def CreateAnalyses(
         self, request: fp.CreateAnalysesRequest, context: Context
     ) -> fp.CreateAnalysesResponse:
-        company, wanted = acting_company(), conv.analysis_requests(request.analyses)
+        principal = current_principal()
+        may_choose = may_choose_threshold(principal.role, principal.result_mode)
+        company, wanted = acting_company(), conv.analysis_requests(request.analyses, may_choose)
         rows = await self.app.db(
             lambda s: analyses.create_analyses(
                 request.folder_id, wanted, company_id=company, session=s

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vigil.inference.errors import InvalidArgument
-from vigil.server.api.converters import face_message, timestamp
+from vigil.inference.errors import InvalidArgument, PermissionDenied
+from vigil.server.api.converters import chosen_threshold, face_message, timestamp
 from vigil.server.api.video_converters import (
     frame_record_message,
     signal_record_message,
@@ -46,9 +46,10 @@ def analysis_state_value(name: str) -> folders_pb2.AnalysisState.ValueType:
 
 
 def analysis_requests(
-    requests: Sequence[folders_pb2.AnalysisRequest],
+    requests: Sequence[folders_pb2.AnalysisRequest], may_choose_threshold: bool
 ) -> list[NewAnalysis]:
-    """Validate AnalysisRequest messages into analyses to queue."""
+    """Validate AnalysisRequest messages into analyses to queue. A threshold of the caller's own
+    is refused (PERMISSION_DENIED) unless ``may_choose_threshold``, and must lie in its range."""
     if not requests:
         raise InvalidArgument("analyses is empty: ask for at least one analysis")
     parsed = []
@@ -65,10 +66,17 @@ def analysis_requests(
             params["collection"] = request.collection
         elif request.collection:
             raise InvalidArgument(f"analyses[{index}]: collection applies to BLACKLIST only")
-        if request.threshold < 0:
-            raise InvalidArgument(f"analyses[{index}].threshold must not be negative")
         if request.threshold:
-            params["threshold"] = float(request.threshold)
+            field = f"analyses[{index}].threshold"
+            if not may_choose_threshold:
+                raise PermissionDenied(
+                    f"{field}: a SAFE (front-end) credential may not choose a threshold; the "
+                    "server's applies (leave it 0)"
+                )
+            if kind == AnalysisType.BEST_SHOT:
+                raise InvalidArgument(f"{field}: BEST_SHOT decides nothing; leave it 0")
+            liveness = kind == AnalysisType.LIVENESS
+            params["threshold"] = chosen_threshold(request.threshold, liveness, field)
         parsed.append(NewAnalysis(AnalysisType(kind), params))
     return parsed
 

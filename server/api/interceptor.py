@@ -2,7 +2,8 @@
 
 A :class:`VigilError` becomes its status with its message and a google.rpc.ErrorInfo detail (the
 ``reason``); anything else becomes INTERNAL with an opaque incident id, logged with its traceback
-but never echoed to the caller.
+but never echoed to the caller. Every request message is read and checked by
+:mod:`vigil.server.api.validation` on its way in.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from vigil.inference.errors import VigilError
 from vigil.server import rpc
+from vigil.server.api.validation import RequestLimits, reader
 from vigil.server.metrics import RPC_LATENCY, RPC_TOTAL
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,11 @@ async def _mapped_errors(
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Maps errors to statuses and records per-RPC metrics for every method of every service."""
+    """Maps errors to statuses and records per-RPC metrics for every method of every service;
+    reads every request with the checks of ``limits``."""
+
+    def __init__(self, limits: RequestLimits | None = None) -> None:
+        self.read = reader(limits or RequestLimits())
 
     async def intercept_service(
         self,
@@ -118,4 +124,4 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return rpc.guarded(handler, handler_call_details.method, _mapped_errors)
+        return rpc.guarded(handler, handler_call_details.method, _mapped_errors, self.read)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from vigil.inference.errors import InvalidArgument, InvalidMedia, MediaTooLarge, UnsupportedMedia
 from vigil.inference.media import probe, sniff_kind, unsupported_name
+from vigil.server.api.validation import meta_limits
 from vigil.server.context import AppContext
 from vigil.storage import folders
 from vigil.storage.common import validate_meta
@@ -59,7 +60,7 @@ async def stage_media(
 ) -> Media:
     """Receive one media's bytes into a committed blob; returns its (unsaved) row."""
     tags = validate_tags(header.tags)
-    meta = validate_meta(dict(header.meta), "media meta")
+    meta = validate_meta(dict(header.meta), "media meta", meta_limits(app.settings))
     writer = await app.io(app.blobs.writer, app.settings.max_media_bytes)
     try:
         async for chunk in chunks:
@@ -109,7 +110,11 @@ async def receive_media(
     """UploadMedia: stage the bytes, then record the row; nothing is left if either fails."""
     media = await stage_media(app, company, header.folder_id, header, chunks)
     try:
-        return await app.db(lambda s: folders.add_media(media, session=s))
+        return await app.db(
+            lambda s: folders.add_media(
+                media, session=s, max_per_folder=app.settings.max_media_per_folder
+            )
+        )
     except BaseException:
         await discard_blobs(app, {media.blob_key})
         raise

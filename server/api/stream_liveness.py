@@ -90,12 +90,14 @@ async def _read(
     inbox: LatestFrame,
     single: list[bool],
 ) -> None:
+    started = False
     try:
         async for request in requests:
             kind = request.WhichOneof("message")
             if kind == "start":
-                if session.received:
-                    raise InvalidArgument("start must be the stream's first message")
+                if session.received or started:
+                    raise InvalidArgument("start must be the stream's first message, and only once")
+                started = True
                 single[0] = conv.require_single(request.start.subject_policy)
                 session.capture = capture_of(request.start.capture)
             elif kind == "frame":

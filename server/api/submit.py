@@ -15,7 +15,10 @@ from vigil.inference.errors import InvalidArgument
 from vigil.server.api import folders_converters as conv
 from vigil.server.api.folder_views import folder_details, watch
 from vigil.server.api.media_upload import discard_blobs, stage_media
+from vigil.server.api.validation import meta_limits
 from vigil.server.context import AppContext
+from vigil.server.security.permissions import may_choose_threshold
+from vigil.server.security.principal import current_principal
 from vigil.storage import analyses, folders
 from vigil.storage.tables import Media, new_id
 from vigil.v1 import folders_pb2
@@ -50,7 +53,11 @@ async def submit(
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument("the first message of Submit must be its header")
     meta = dict(first.header.meta)
-    wanted = conv.analysis_requests(first.header.analyses)
+    principal = current_principal()
+    may_choose = may_choose_threshold(principal.role, principal.result_mode)
+    wanted = conv.analysis_requests(first.header.analyses, may_choose)
+    settings = app.settings
+    max_media = min(MAX_SUBMIT_MEDIA, settings.max_media_per_folder or MAX_SUBMIT_MEDIA)
     folder_id = new_id()
     staged: list[Media] = []
     try:
@@ -58,8 +65,10 @@ async def submit(
         while message is not None:
             if message.WhichOneof("part") != "media":
                 raise InvalidArgument("Submit expects a media header before each media's chunks")
-            if len(staged) == MAX_SUBMIT_MEDIA:
-                raise InvalidArgument(f"at most {MAX_SUBMIT_MEDIA} media per Submit")
+            if len(staged) == max_media:
+                raise InvalidArgument(
+                    f"at most {max_media} media per Submit (and VIGIL_MAX_MEDIA_PER_FOLDER)"
+                )
             staged.append(await stage_media(app, company, folder_id, message.media, parts.chunks()))
             message = parts.next
         if not staged:
@@ -67,7 +76,12 @@ async def submit(
 
         def write(session: Session) -> None:
             folder = folders.create_folder(
-                meta, company_id=company, session=session, folder_id=folder_id
+                meta,
+                company_id=company,
+                session=session,
+                folder_id=folder_id,
+                meta_limits=meta_limits(settings),
+                max_per_hour=settings.folders_per_company_per_hour,
             )
             for media in staged:
                 folders.add_media(media, session=session)

@@ -32,7 +32,7 @@ from vigil.server.security.principal import CURRENT, Principal
 from vigil.server.security.rate_limit import BoundedLRU, FailureTracker, TokenBuckets
 from vigil.server.security.redaction import redact
 from vigil.server.security.tokens import Signer
-from vigil.storage import credentials, folders
+from vigil.storage import credentials
 from vigil.storage.tables import AuditEvent
 
 log = logging.getLogger(__name__)
@@ -180,14 +180,10 @@ class Authenticator:
         if named and named != principal.company_name:
             if principal.role not in STAFF:
                 raise PermissionDenied("only ADMIN and OPERATOR may act in another company")
-            if principal.role == "ADMIN":
-                acting = await self.app.auth_db(
-                    lambda s: folders.ensure_company(named, session=s).id
-                )
-            else:
-                acting = await self.app.auth_db(
-                    lambda s: credentials.company_by_name(named, session=s).id
-                )
+            # Never created here: a typo must not make a company (Admin.CreateCompany does).
+            acting = await self.app.auth_db(
+                lambda s: credentials.company_by_name(named, session=s).id
+            )
         return Principal(**{**principal.__dict__, "acting_company_id": acting})
 
 

@@ -64,10 +64,19 @@ PERMISSIONS: dict[str, Rule] = {
     **_rules("Admin", ACCOUNT_ADMINS, "CreateApiKey ListApiKeys RevokeApiKey ListAuditEvents"),
     **_rules("Operators", DECIDERS, "ResolveAnalysis"),
     **_rules("Verdicts", EVERYONE, "GetVerdict GetPublicKeys"),
+    **_rules("Challenges", WRITERS, "CreateChallenge GetChallenge AnswerChallenge"),
 }
 
 #: Roles a CLIENT_ADMIN may hand out within its company (never staff roles).
 GRANTABLE_BY_CLIENT_ADMIN = frozenset({CLIENT, CLIENT_ADMIN, CLIENT_OPERATOR, SERVICE})
+
+
+def may_choose_threshold(role: str, result_mode: str) -> bool:
+    """May this caller set a decision threshold of its own (``AnalysisRequest.threshold``,
+    ``SearchRequest.threshold``)? Only callers that see scores: never a SAFE (front-end)
+    credential, which exists so that a browser can neither decide nor learn a score (bisecting a
+    threshold recovers the hidden score). Everyone else may, within the bounds of the type."""
+    return result_mode != "SAFE" and role in ROLES
 
 
 def needs_credential(method: str) -> bool:

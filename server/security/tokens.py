@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -69,6 +70,16 @@ class Signer:
         self.private_key = private_key
         self.jwk = public_jwk(private_key.public_key())
         self.key_id = self.jwk["kid"]
+
+    def derived_key(self, purpose: bytes) -> bytes:
+        """A 32-byte secret for ``purpose`` (e.g. HMAC of page tokens), derived from the private
+        key: the same on every replica that shares the key, useless to anyone without it."""
+        raw = self.private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return hmac.new(raw, purpose, hashlib.sha256).digest()
 
     def jwks_json(self) -> str:
         return json.dumps({"keys": [self.jwk]})
