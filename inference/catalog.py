@@ -118,8 +118,37 @@ MINIFASNET_V1SE = ModelSpec(
     thresholds={"crop_scale": 4.0},
 )
 
+FACEMESH = ModelSpec(
+    name="facemesh",
+    version="mediapipe",
+    file="facemesh_mediapipe.onnx",
+    sha256="0cc8cf2b3c1787e60606d5e363121249f4689235c91787b53d3789b2deb814ed",
+    task="468 face landmarks (x, y, z) + face-present score: the active-liveness model",
+    licence="Apache-2.0 (Google MediaPipe FaceMesh)",
+    provenance="TF.js graph model models/facemesh.json of npm @vladmandic/human@3.3.6, "
+    "converted to ONNX opset 13",
+    inputs=(TensorSpec("input_1", (None, 192, 192, 3)),),
+    outputs=(
+        TensorSpec("output_mesh", (None, 1404)),
+        TensorSpec("output_faceflag", (None, 1)),
+        TensorSpec("output_contours", (None, 266)),
+    ),
+    preprocessing="RGB float32 0..1, NHWC 192x192, a square crop of the detector box "
+    "scaled 1.5x about its centre (zero padding outside the image)",
+    thresholds={"crop_scale": 1.5},
+)
+
+#: The model that reads gestures (active liveness).
+ACTIVE_LIVENESS_MODEL = FACEMESH
+
 #: The models the server needs, in load order.
-DEFAULT_MODELS: tuple[ModelSpec, ...] = (YUNET, DLIB_RESNET, MINIFASNET_V2, MINIFASNET_V1SE)
+DEFAULT_MODELS: tuple[ModelSpec, ...] = (
+    YUNET,
+    DLIB_RESNET,
+    MINIFASNET_V2,
+    MINIFASNET_V1SE,
+    FACEMESH,
+)
 
 #: Licence texts shipped beside the models in the mirror; installed with them.
 LICENCE_FILES = ("LICENSE.MiniFASNet.Apache-2.0.txt", "LICENSE.dlib-models.CC0.txt")

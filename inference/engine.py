@@ -28,6 +28,7 @@ from vigil.inference.batcher import Batcher, BatcherConfig, run_jobs
 from vigil.inference.catalog import (
     DEFAULT_MODELS,
     DLIB_RESNET,
+    FACEMESH,
     MINIFASNET_V1SE,
     MINIFASNET_V2,
     YUNET,
@@ -43,6 +44,7 @@ from vigil.inference.errors import (
     Overloaded,
     Unavailable,
 )
+from vigil.inference.facemesh import FaceMesh, mesh_crop, mesh_from_outputs
 from vigil.inference.media import DecodedImage, ImageLimits, decode_image
 from vigil.inference.models import chips_to_tensor, ensemble_real_probability
 from vigil.inference.types import Face, LivenessScore, Subject, Timings
@@ -455,6 +457,19 @@ class Engine:
         row = await self._run_face_model(DLIB_RESNET, chip, timings, deadline)
         timings.embed_ms += (time.perf_counter() - started) * 1000
         return np.asarray(row["embedding"], dtype=np.float32)
+
+    async def mesh_of(
+        self, image: DecodedImage, face: Face, timings: Timings, deadline: float | None = None
+    ) -> FaceMesh:
+        """FaceMesh's 468 landmarks of ``face`` (batched with other frames' and requests')."""
+        started = time.perf_counter()
+        crop = await self.in_thread(mesh_crop, image.bgr, face.box)
+        timings.align_ms += (time.perf_counter() - started) * 1000
+        row, queued = await self.batchers[FACEMESH.name].submit(
+            {FACEMESH.inputs[0].name: crop.tensor}, deadline
+        )
+        timings.queue_ms += queued * 1000
+        return mesh_from_outputs(cast(dict[str, np.ndarray], row), crop)
 
     def _chip_or_embedding(self, bgr: np.ndarray, face: Face) -> np.ndarray | _Embedded:
         """The embedder's input; or, while the detector has a free instance (light load), the

@@ -25,6 +25,7 @@ from vigil.server.api.accounts import (
     OperatorsServicer,
     VerdictsServicer,
 )
+from vigil.server.api.challenges import ChallengesServicer
 from vigil.server.api.collections import CollectionsServicer
 from vigil.server.api.folders import FoldersServicer
 from vigil.server.api.instant import InstantServicer
@@ -44,6 +45,8 @@ from vigil.storage.db import Database, migrate
 from vigil.v1 import (
     auth_pb2,
     auth_pb2_grpc,
+    challenges_pb2,
+    challenges_pb2_grpc,
     collections_pb2,
     collections_pb2_grpc,
     folders_pb2,
@@ -64,6 +67,7 @@ SERVICE_NAMES = (
     instant_pb2.DESCRIPTOR.services_by_name["Instant"].full_name,
     folders_pb2.DESCRIPTOR.services_by_name["Folders"].full_name,
     collections_pb2.DESCRIPTOR.services_by_name["Collections"].full_name,
+    challenges_pb2.DESCRIPTOR.services_by_name["Challenges"].full_name,
     webhooks_pb2.DESCRIPTOR.services_by_name["Webhooks"].full_name,
 )
 
@@ -216,6 +220,7 @@ def _add_services(server: grpc.aio.Server, app: AppContext, security: Security) 
     folders_pb2_grpc.add_FoldersServicer_to_server(FoldersServicer(app), server)
     collections_pb2_grpc.add_CollectionsServicer_to_server(CollectionsServicer(app), server)
     webhooks_pb2_grpc.add_WebhooksServicer_to_server(WebhooksServicer(app), server)
+    challenges_pb2_grpc.add_ChallengesServicer_to_server(ChallengesServicer(security), server)
 
 
 async def start_server(settings: Settings, engine: Engine | None = None) -> VigilServer:

@@ -194,6 +194,39 @@ class Settings(BaseSettings):
     """Lifetime of a refresh token (each is single use)."""
     verdict_ttl_s: float = 3600.0
     """Lifetime of a signed verdict."""
+    challenge_gestures: str = "blink,smile,turn_left,turn_right,tilt_up,tilt_down,move_closer"
+    """Active liveness: the gestures a challenge may ask for (comma-separated; a
+    CreateChallenge call may narrow them further)."""
+    challenge_ttl_s: float = 120.0
+    """Active liveness: how long a challenge may be answered after it was issued."""
+    challenge_gesture_window_s: float = 5.0
+    """Active liveness: each gesture must follow the previous one (the first: the answer's first
+    frame) within this."""
+    challenge_sample_fps: float = 15.0
+    """Active liveness: frames per second of an answer that FaceMesh reads (a blink lasts
+    100–400 ms: 15 fps sees it in 2–6 frames)."""
+    challenge_max_frame_gap_ms: float = 250.0
+    """Active liveness: a larger gap between two analysed frames makes the timing implausible
+    (dropped or spliced frames)."""
+    gesture_blink_ratio: float = 0.6
+    """Blink: the eye aspect ratio must fall below this fraction of the person's open-eye
+    baseline (the median of the answer). Open eyes measured 0.15–0.31 on the photos in
+    ../shared/data/faces, their frame-to-frame spread on a still video ±0.02 (≈10 %)."""
+    gesture_blink_min_ms: float = 100.0
+    """Blink: shortest eye closure counted (closed frames to the first reopened one)."""
+    gesture_blink_max_ms: float = 400.0
+    """Blink: longest eye closure counted; longer is not a blink."""
+    gesture_smile_growth: float = 0.12
+    """Smile: mouth width / inter-ocular distance must grow by this fraction of its baseline. A
+    still video varies it by ≤ 2 %; the synthetic smiles (corners pulled out 22 %) read +21 %."""
+    gesture_turn_degrees: float = 12.0
+    """Turn left/right: yaw must change by this many degrees from the first 0.5 s. A still video's
+    yaw spreads ±2°; the synthetic turns read 14–32°."""
+    gesture_tilt_degrees: float = 8.0
+    """Tilt up/down: pitch must change by this many degrees. A still video's pitch spreads ±2°;
+    the synthetic tilts read 9–21°."""
+    gesture_closer_growth: float = 0.25
+    """Move closer: the inter-ocular distance must grow by this fraction (a still video: ≤ 1 %)."""
     meta_max_keys: int = 64
     """Metadata keys a folder or a media may hold (and keys one UpdateFolderMeta may remove)."""
     meta_max_key_chars: int = 64

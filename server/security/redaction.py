@@ -42,6 +42,12 @@ SAFE_FIELDS: dict[str, frozenset[str]] = {
     "vigil.v1.StreamLivenessUpdate": frozenset(
         {"final", "outcome", "frames_received", "frames_processed", "frames_skipped"}
     ),
+    "vigil.v1.Challenge": frozenset(
+        {"id", "nonce", "gestures", "gesture_window_ms", "created_at", "expires_at", "answered"}
+    ),
+    "vigil.v1.ChallengeVerdict": frozenset(
+        {"challenge_id", "passed", "resolution", "verdict_token", "verdict_expires_at", "key_id"}
+    ),
     "google.protobuf.Timestamp": frozenset({"seconds", "nanos"}),
 }
 

@@ -1,0 +1,1 @@
+"""Active liveness: per-frame gesture signals from FaceMesh landmarks, and the gesture detectors."""

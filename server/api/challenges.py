@@ -1,0 +1,169 @@
+"""Challenges: issue an active-liveness challenge, read it, and judge a recorded answer.
+
+An answer is decoded first (a malformed upload does not burn the challenge), then the challenge
+is consumed atomically (single use, not expired, the caller's company), then every sampled frame
+is read by the server's own models and the verdict is signed with the challenge's nonce and the
+frames' hash.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+from vigil.inference.errors import InvalidArgument
+from vigil.inference.gestures.detectors import Gesture, GestureThresholds
+from vigil.inference.gestures.verify import AnswerFrame, AnswerPolicy, AnswerVerifier
+from vigil.inference.video.decode import VideoLimits, VideoSampling, decode_video
+from vigil.server.api import challenges_converters as cconv
+from vigil.server.api import converters as conv
+from vigil.server.rpc import Context
+from vigil.server.security.principal import acting_company
+from vigil.server.security.state import Security
+from vigil.server.settings import Settings
+from vigil.server.video import replay_memory_for
+from vigil.storage import challenges
+from vigil.v1 import challenges_pb2, challenges_pb2_grpc
+
+MAX_ID_CHARS = 128
+
+
+def gesture_thresholds(settings: Settings) -> GestureThresholds:
+    return GestureThresholds(
+        blink_ratio=settings.gesture_blink_ratio,
+        blink_min_ms=settings.gesture_blink_min_ms,
+        blink_max_ms=settings.gesture_blink_max_ms,
+        smile_growth=settings.gesture_smile_growth,
+        turn_degrees=settings.gesture_turn_degrees,
+        tilt_degrees=settings.gesture_tilt_degrees,
+        closer_growth=settings.gesture_closer_growth,
+    )
+
+
+def _challenge_id(value: str) -> str:
+    if not value:
+        raise InvalidArgument("challenge_id is required")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidArgument(f"challenge_id is {len(value)} characters; ids are at most 128")
+    return value
+
+
+class ChallengesServicer(challenges_pb2_grpc.ChallengesServicer):
+    def __init__(self, security: Security) -> None:
+        self.security = security
+        self.app = security.app
+        settings = self.app.settings
+        self.default_gestures = cconv.parse_gesture_setting(settings.challenge_gestures)
+        self.verifier = AnswerVerifier(
+            self.app.engine, replay_memory_for(self.app.engine, settings)
+        )
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
+
+    async def CreateChallenge(
+        self, request: challenges_pb2.CreateChallengeRequest, context: Context
+    ) -> challenges_pb2.Challenge:
+        allowed = self.default_gestures
+        if request.allowed:
+            asked = cconv.gestures_of(request.allowed)
+            outside = sorted({g.value for g in asked} - {g.value for g in self.default_gestures})
+            if outside:
+                raise InvalidArgument(
+                    f"allowed names {outside}, which this server does not issue "
+                    f"(VIGIL_CHALLENGE_GESTURES: {', '.join(g.value for g in allowed)})"
+                )
+            allowed = asked
+        company = acting_company()
+        window_ms = round(self.settings.challenge_gesture_window_s * 1000)
+        ttl = timedelta(seconds=self.settings.challenge_ttl_s)
+        row = await self.app.db(
+            lambda s: challenges.create_challenge(
+                [g.value for g in allowed],
+                request.count,
+                window_ms=window_ms,
+                ttl=ttl,
+                company_id=company,
+                session=s,
+            )
+        )
+        return cconv.challenge_message(row)
+
+    async def GetChallenge(
+        self, request: challenges_pb2.GetChallengeRequest, context: Context
+    ) -> challenges_pb2.Challenge:
+        challenge_id = _challenge_id(request.challenge_id)
+        company = acting_company()
+        row = await self.app.db(
+            lambda s: challenges.get_challenge(challenge_id, company_id=company, session=s)
+        )
+        return cconv.challenge_message(row)
+
+    def _sampling(self) -> tuple[VideoLimits, VideoSampling]:
+        settings = self.settings
+        span = min(settings.challenge_ttl_s, settings.max_video_duration_s)
+        count = math.ceil(span * settings.challenge_sample_fps)
+        limits = VideoLimits(
+            max_bytes=settings.max_video_bytes,
+            max_duration_s=settings.max_video_duration_s,
+            max_side=settings.max_video_side,
+            max_frames=settings.max_video_frames,
+        )
+        return limits, VideoSampling(count=count, fps=settings.challenge_sample_fps)
+
+    async def AnswerChallenge(
+        self, request: challenges_pb2.AnswerChallengeRequest, context: Context
+    ) -> challenges_pb2.ChallengeVerdict:
+        challenge_id = _challenge_id(request.challenge_id)
+        data = conv.require_media(request.video, "video")
+        company = acting_company()
+        deadline = conv.deadline_of(context)
+        engine = self.app.engine
+        # the challenge must exist for this company before any decoding
+        await self.app.db(
+            lambda s: challenges.get_challenge(challenge_id, company_id=company, session=s)
+        )
+        limits, sampling = self._sampling()
+        limit = engine.config.max_inflight_images
+        admitted = min(sampling.count, limit) if limit else sampling.count
+        async with engine.admission(admitted):
+            video = await engine.in_thread(decode_video, data, limits, sampling)
+            row = await self.app.db(
+                lambda s: challenges.consume(challenge_id, company_id=company, session=s)
+            )
+            policy = AnswerPolicy(
+                thresholds=gesture_thresholds(self.settings),
+                window_s=row.gesture_window_ms / 1000,
+                max_duration_s=self.settings.challenge_ttl_s,
+                max_frame_gap_s=self.settings.challenge_max_frame_gap_ms / 1000,
+            )
+            frames = [AnswerFrame(f.index, f.time_s, f.image) for f in video.frames]
+            verdict = await self.verifier.verify(
+                frames,
+                [Gesture(name) for name in row.gestures],
+                policy,
+                origin=challenge_id,
+                media_sha256=video.info.sha256,
+                deadline=deadline,
+            )
+        message = cconv.verdict_message(challenge_id, verdict)
+        await self.app.db(
+            lambda s: challenges.record_outcome(
+                challenge_id, message.resolution, company_id=company, session=s
+            )
+        )
+        claims = {
+            "company": company,
+            "challenge": challenge_id,
+            "nonce": row.nonce,
+            "gestures": list(row.gestures),
+            "resolution": message.resolution,
+            "frames_sha256": verdict.frames_sha256,
+        }
+        ttl = timedelta(seconds=self.settings.verdict_ttl_s)
+        token, expires = self.security.signer.sign(claims, ttl, "challenge_verdict")
+        message.verdict_token = token
+        message.verdict_expires_at.CopyFrom(conv.stamp(expires))
+        message.key_id = self.security.signer.key_id
+        return message
