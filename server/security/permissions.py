@@ -65,7 +65,6 @@ PERMISSIONS: dict[str, Rule] = {
     **_rules("Operators", DECIDERS, "ResolveAnalysis"),
     **_rules("Verdicts", EVERYONE, "GetVerdict GetPublicKeys"),
     **_rules("Challenges", WRITERS, "CreateChallenge GetChallenge AnswerChallenge"),
-    **_rules("Challenges", WRITERS, "CreateChallenge GetChallenge AnswerChallenge"),
 }
 
 #: Roles a CLIENT_ADMIN may hand out within its company (never staff roles).
