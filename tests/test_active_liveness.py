@@ -10,15 +10,23 @@ landmark sequences only (tests/test_gestures.py).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
+import grpc
+import jwt
 import pytest
+from sqlmodel import Session
 
 from tests.conftest import FACES, ServerThread
 from tests.gesture_videos import Still, analyse_still, gesture_frames
-from tests.videos import encode
+from tests.videos import encode, motion_frames
+from vigil.storage.tables import Challenge, utcnow
 from vigil.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     challenges_pb2,
     challenges_pb2_grpc,
     common_pb2,
@@ -130,3 +138,179 @@ def test_a_synthetic_answer_in_the_asked_order_passes(
         "replay",
         "liveness",
     }
+
+
+# ---- what an answer must not get away with ---------------------------------------------------
+
+
+def reasons(verdict: challenges_pb2.ChallengeVerdict) -> dict[str, bool]:
+    return {
+        **{NAMES[g.gesture]: g.passed for g in verdict.gestures},
+        **{c.name: c.passed for c in verdict.checks},
+    }
+
+
+def test_a_still_photo_as_video_fails_every_gesture(
+    stub: challenges_pb2_grpc.ChallengesStub,
+) -> None:
+    for pair in [(G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER), (G.GESTURE_TURN_LEFT, G.GESTURE_TILT_UP),
+                 (G.GESTURE_TURN_RIGHT, G.GESTURE_TILT_DOWN)]:  # fmt: skip
+        challenge = create(stub, *pair)
+        still = encode(motion_frames(FACES / "obama.jpg", 60, 360, 480, seed=sum(pair)))
+        verdict = answer(stub, challenge, still)
+        assert not verdict.passed and verdict.resolution == "DECLINED"
+        assert [g.passed for g in verdict.gestures] == [False, False], explain(verdict)
+        assert verdict.gestures[0].reason  # what the signal reached, and what it needed
+
+
+def test_gestures_out_of_order_fail(
+    stub: challenges_pb2_grpc.ChallengesStub, stills: dict[str, Still]
+) -> None:
+    challenge = create(stub, G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER)
+    verdict = answer(stub, challenge, performing(stills["obama"], order(challenge)[::-1], seed=3))
+    assert not verdict.passed
+    # the first asked gesture is found (performed second); the other then never follows it
+    assert [g.passed for g in verdict.gestures] == [True, False], explain(verdict)
+
+
+def test_a_late_gesture_fails(
+    stub: challenges_pb2_grpc.ChallengesStub, stills: dict[str, Still]
+) -> None:
+    challenge = create(stub, G.GESTURE_SMILE, G.GESTURE_TURN_RIGHT)
+    late = performing(stills["obama"], order(challenge), seed=4, lead=5.5)
+    verdict = answer(stub, challenge, late)
+    assert not verdict.passed
+    assert not verdict.gestures[0].passed
+    assert "after its 5.0 s window" in verdict.gestures[0].reason, explain(verdict)
+
+
+def test_a_face_switch_mid_video_fails(
+    stub: challenges_pb2_grpc.ChallengesStub, stills: dict[str, Still]
+) -> None:
+    challenge = create(stub, G.GESTURE_SMILE, G.GESTURE_TURN_RIGHT)
+    first, second = order(challenge)
+    frames = gesture_frames(stills["obama"], [("neutral", 0.8), (first, 1.2), ("neutral", 0.6)])
+    frames += gesture_frames(stills["biden"], [(second, 1.2), ("neutral", 0.6)], seed=1)
+    verdict = answer(stub, challenge, encode(frames))
+    assert not verdict.passed
+    identity = next(c for c in verdict.checks if c.name == "identity")
+    assert not identity.passed and "another person" in identity.detail, explain(verdict)
+
+
+def test_single_use_replay_and_the_signed_verdict(
+    server: ServerThread,
+    stub: challenges_pb2_grpc.ChallengesStub,
+    stills: dict[str, Still],
+) -> None:
+    """An answer passes once: the same challenge answered again is refused, and the same video
+    answering another challenge (same gestures, same order) is declined as a replay. The signed
+    verdict carries the challenge's nonce and the frames' hash."""
+    challenge = create(stub, G.GESTURE_TURN_RIGHT, G.GESTURE_MOVE_CLOSER)
+    video = performing(stills["obama"], order(challenge), seed=5)
+    verdict = answer(stub, challenge, video)
+    assert verdict.passed, explain(verdict)
+
+    with server.channel(server.admin_key) as channel:
+        jwks = auth_pb2_grpc.VerdictsStub(channel).GetPublicKeys(auth_pb2.GetPublicKeysRequest())
+    jwk = json.loads(jwks.jwks_json)["keys"][0]
+    claims = jwt.decode(
+        verdict.verdict_token, jwt.PyJWK(jwk).key, algorithms=["EdDSA"], issuer="vigil"
+    )
+    assert claims["typ"] == "challenge_verdict" and claims["challenge"] == challenge.id
+    assert claims["nonce"] == challenge.nonce and claims["resolution"] == "SUCCESS"
+    assert claims["frames_sha256"] == verdict.frames_sha256 and len(verdict.frames_sha256) == 64
+
+    with pytest.raises(grpc.RpcError) as again:
+        answer(stub, challenge, video)
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already answered" in (again.value.details() or "")
+    assert stub.GetChallenge(G.GetChallengeRequest(challenge_id=challenge.id)).answered
+
+    other = create(stub, G.GESTURE_TURN_RIGHT, G.GESTURE_MOVE_CLOSER)
+    for _ in range(20):  # the server picks the order; wait for the same one
+        if list(other.gestures) == list(challenge.gestures):
+            break
+        other = create(stub, G.GESTURE_TURN_RIGHT, G.GESTURE_MOVE_CLOSER)
+    assert list(other.gestures) == list(challenge.gestures)
+    replayed = answer(stub, other, video)
+    assert not replayed.passed and reasons(replayed)["replay"] is False, explain(replayed)
+    assert all(g.passed for g in replayed.gestures)  # the gestures alone would have passed
+    replay_claims = jwt.decode(
+        replayed.verdict_token, jwt.PyJWK(jwk).key, algorithms=["EdDSA"], issuer="vigil"
+    )
+    assert replay_claims["nonce"] == other.nonce != claims["nonce"]
+    assert replay_claims["resolution"] == "DECLINED"
+
+
+def test_an_expired_challenge_is_refused(
+    server: ServerThread, stub: challenges_pb2_grpc.ChallengesStub, stills: dict[str, Still]
+) -> None:
+    challenge = create(stub, G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER)
+
+    def expire(session: Session) -> None:
+        row = session.get(Challenge, challenge.id)
+        assert row is not None
+        row.expires_at = utcnow() - timedelta(seconds=1)
+        session.add(row)
+        session.commit()
+
+    server.call(lambda: server.vigil.app.db(expire))
+    with pytest.raises(grpc.RpcError) as refused:
+        answer(stub, challenge, performing(stills["obama"], order(challenge), seed=6))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expired" in (refused.value.details() or "")
+
+
+def test_another_company_can_neither_read_nor_answer(
+    server: ServerThread, stub: challenges_pb2_grpc.ChallengesStub
+) -> None:
+    challenge = create(stub, G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER)
+    video = encode(motion_frames(FACES / "obama.jpg", 20, 360, 480, seed=7))
+    with server.channel(server.new_key("SERVICE", company="active-liveness-other")) as channel:
+        other = challenges_pb2_grpc.ChallengesStub(channel)
+        for call in (
+            lambda: other.GetChallenge(G.GetChallengeRequest(challenge_id=challenge.id)),
+            lambda: answer(other, challenge, video),
+        ):
+            with pytest.raises(grpc.RpcError) as hidden:
+                call()
+            assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not stub.GetChallenge(G.GetChallengeRequest(challenge_id=challenge.id)).answered
+
+
+def test_bad_requests_are_refused_precisely(stub: challenges_pb2_grpc.ChallengesStub) -> None:
+    for request, words in [
+        (G.CreateChallengeRequest(allowed=[G.GESTURE_UNSPECIFIED, G.GESTURE_SMILE]), "value 0"),
+        (G.CreateChallengeRequest(allowed=[G.GESTURE_SMILE]), "at least 2"),
+        (G.CreateChallengeRequest(count=4), "count is 4"),
+    ]:
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.CreateChallenge(request)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert words in (bad.value.details() or ""), bad.value.details()
+    challenge = create(stub, G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER)
+    with pytest.raises(grpc.RpcError) as empty:
+        stub.AnswerChallenge(G.AnswerChallengeRequest(challenge_id=challenge.id))
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as photo:
+        answer(stub, challenge, (FACES / "obama.jpg").read_bytes())
+    assert photo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # a malformed answer does not use the challenge up
+    assert not stub.GetChallenge(G.GetChallengeRequest(challenge_id=challenge.id)).answered
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.GetChallenge(G.GetChallengeRequest(challenge_id="0" * 32))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_safe_key_sees_the_gestures_to_perform_but_only_the_resolution(
+    server: ServerThread, stills: dict[str, Still]
+) -> None:
+    key = server.new_key("SERVICE", result_mode="SAFE", company="active-liveness")
+    with server.channel(key) as channel:
+        safe = challenges_pb2_grpc.ChallengesStub(channel)
+        challenge = create(safe, G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER)
+        assert len(challenge.gestures) == 2 and challenge.nonce and challenge.expires_at.seconds
+        verdict = answer(safe, challenge, performing(stills["obama"], order(challenge), seed=8))
+    assert verdict.passed and verdict.resolution == "SUCCESS" and verdict.verdict_token
+    assert not verdict.gestures and not verdict.checks
+    assert verdict.liveness_score == 0 and not verdict.frames_sha256
