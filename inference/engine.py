@@ -230,6 +230,16 @@ class Engine:
             model.unload()
         self.models.clear()
 
+    @property
+    def failure(self) -> str | None:
+        """Why the engine can no longer serve until the process restarts (a model's sticky GPU
+        error, its ``failure``), or None. The server's health reads it (server/health_watch)."""
+        for name, model in list(self.models.items()):  # one step: stop() may clear the dict
+            failure = getattr(model, "failure", None)
+            if failure:
+                return f"{name}: {failure}"
+        return None
+
     @contextlib.asynccontextmanager
     async def admission(self, images: int = 1) -> AsyncIterator[None]:
         """Admit a request of ``images`` images, or refuse it at once when the engine already

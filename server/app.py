@@ -33,6 +33,7 @@ from vigil.server.api.interceptor import ErrorMappingInterceptor
 from vigil.server.api.validation import RequestLimits
 from vigil.server.api.webhooks import WebhooksServicer
 from vigil.server.context import AppContext
+from vigil.server.health_watch import HealthWatch
 from vigil.server.jobs.webhooks import WebhookDispatcher
 from vigil.server.jobs.worker import AnalysisWorkers
 from vigil.server.security.auth import AuthInterceptor
@@ -271,6 +272,10 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
     await health_servicer.set("", serving)
     for name in SERVICE_NAMES:
         await health_servicer.set(name, serving)
+    # After SERVING is set: NOT_SERVING for good once a model fails beyond repair (GPU).
+    watch = HealthWatch(app.engine, health_servicer, SERVICE_NAMES)
+    watch.start()
+    background.append(watch)
     log.info(
         "vigil serving on %s:%d (%s, backend %s, precision %s)",
         settings.host,

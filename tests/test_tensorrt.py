@@ -13,6 +13,7 @@ Three layers:
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import importlib
 import importlib.util
@@ -1827,4 +1828,59 @@ def test_detector_streams_on_fakes(fake_gpu: FakeGpu, tmp_path: Path) -> None:
     try:
         assert len(model._slots) == 3
     finally:
+        model.unload()
+
+
+# =========================================================== health after a GPU failure
+
+
+async def test_health_goes_not_serving_after_a_sticky_gpu_error(
+    fake_gpu: FakeGpu, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A TensorRT model failed by a sticky CUDA error fails the engine (``Engine.failure``),
+    and the server's health watch turns the server and every service NOT_SERVING."""
+    from grpc_health.v1 import health, health_pb2
+
+    from vigil.inference.engine import Engine
+    from vigil.server.health_watch import HealthWatch
+
+    _, cudart = fake_gpu(FAKE_SPEC, _fake_model)
+    model = trt_backend.TensorRTBackend(streams=1).load(
+        FAKE_SPEC, _onnx_file(tmp_path), BackendOptions()
+    )
+    engine = Engine.__new__(Engine)  # only its models matter here
+    engine.models = {"fake-embed": model}
+
+    servicer = health.aio.HealthServicer()
+    services = ("vigil.v1.Instant", "vigil.v1.Collections")
+    for name in ("", *services):
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    watch = HealthWatch(engine, servicer, services, interval_s=0.01)
+    watch.start()
+
+    async def status(name: str) -> int:
+        request = health_pb2.HealthCheckRequest(service=name)
+        response = await servicer.Check(request, None)
+        return int(response.status)
+
+    try:
+        model.infer({"input": np.ones((1, 3, 4, 4), np.float32)})
+        await asyncio.sleep(0.05)
+        assert engine.failure is None
+        assert await status("") == health_pb2.HealthCheckResponse.SERVING
+        monkeypatch.setattr(
+            cudart, "cudaStreamSynchronize", lambda s: (_CudaErrorT.cudaErrorIllegalAddress,)
+        )
+        with pytest.raises(trt_backend.GpuFailure):
+            model.infer({"input": np.ones((1, 3, 4, 4), np.float32)})
+        failure = engine.failure
+        assert failure is not None and failure.startswith("fake-embed: cudaStreamSynchronize")
+        for _ in range(100):
+            if await status("") == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.01)
+        for name in ("", *services):
+            assert await status(name) == health_pb2.HealthCheckResponse.NOT_SERVING, name
+    finally:
+        await watch.stop()
         model.unload()
