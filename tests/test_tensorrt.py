@@ -904,7 +904,11 @@ def test_load_without_tensorrt_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(ModelError, match=r"pip install 'vigil\[gpu-cu12\]' or 'vigil\[gpu-cu13\]'"):
+    with pytest.raises(
+        ModelError,
+        match=r"pip install --extra-index-url https://pypi.nvidia.com 'vigil\[gpu-cu12\]' "
+        r"or 'vigil\[gpu-cu13\]'",
+    ):
         trt_backend.TensorRTBackend().load(FAKE_SPEC, _onnx_file(tmp_path), BackendOptions())
 
 

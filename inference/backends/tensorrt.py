@@ -82,8 +82,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GPU_EXTRA_HINT = (
-    "install the extra for your driver's CUDA major version (nvidia-smi shows it): "
-    "pip install 'vigil[gpu-cu12]' or 'vigil[gpu-cu13]'"
+    "install the extra for your driver's CUDA major version (nvidia-smi shows it) from "
+    "NVIDIA's index, which has TensorRT's libraries: pip install --extra-index-url "
+    "https://pypi.nvidia.com 'vigil[gpu-cu12]' or 'vigil[gpu-cu13]'"
 )
 
 #: ``cudaError_t`` names after which the process's CUDA context is corrupt: every later CUDA
