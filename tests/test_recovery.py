@@ -1,27 +1,34 @@
 """Fast recovery: a `vigil worker` that is stopped (SIGTERM) hands its analyses back at once, and
 one that is killed (SIGKILL) loses them within its short lease; either way a second worker
-process finishes them in seconds, not after the old 60 s lease. On SQLite and PostgreSQL."""
+process finishes them in seconds, not after the old 60 s lease. On SQLite and PostgreSQL.
+
+And streams the server abandons at shutdown end cleanly: counted, audited, no context error."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import grpc
 import pytest
 from sqlmodel import Session, col, select
 
 from tests.conftest import FACES, ROOT, ServerThread, make_settings, read
+from vigil.server.metrics import RPC_TOTAL
+from vigil.storage.db import Database
 from vigil.storage.results import AnalysisState
-from vigil.storage.tables import Analysis
+from vigil.storage.tables import Analysis, AuditEvent
 from vigil.v1 import folders_pb2 as fp
-from vigil.v1 import folders_pb2_grpc
+from vigil.v1 import folders_pb2_grpc, instant_pb2_grpc, video_pb2
 
 #: The lease the shipped default gives (VIGIL_ANALYSIS_LEASE_S); a killed worker's jobs wait
 #: at most this long.
@@ -193,3 +200,83 @@ def test_a_stopped_or_killed_workers_analyses_are_done_by_another_within_seconds
         finally:
             second.close()
             server.stop()
+
+
+def _rpc_count(method: str, code: str) -> float:
+    value = RPC_TOTAL.labels(method, code)._value.get()  # prometheus_client's sample
+    return float(value)
+
+
+def test_streams_aborted_at_shutdown_end_cleanly_and_are_audited(
+    models_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A live stream and a WatchFolder still open when the server stops: grpc abandons them and
+    the event loop closes their handlers later, in another context. Neither may log "created in
+    a different Context" or an internal error; both are counted; the WatchFolder is audited."""
+    caplog.set_level(logging.INFO)
+    database_url = f"sqlite:///{tmp_path / 'abort.db'}"
+    server = ServerThread(
+        make_settings(
+            models_dir,
+            data_dir=tmp_path / "var",
+            database_url=database_url,
+            shutdown_grace_s=0.5,
+            analysis_workers=0,  # the watched analysis stays PROCESSING: the watch stays open
+            stream_max_seconds=60.0,
+            stream_max_frames=1000,
+        )
+    ).start()
+    stream_method = "/vigil.v1.Instant/StreamLiveness"
+    internal_before = _rpc_count(stream_method, "INTERNAL")
+    release = threading.Event()
+
+    def frames() -> Iterator[video_pb2.StreamLivenessRequest]:
+        yield video_pb2.StreamLivenessRequest(start=video_pb2.StreamStart())
+        frame = video_pb2.StreamFrame(encoded=read(FACES / "obama2.jpg"), capture_time_ms=0)
+        yield video_pb2.StreamLivenessRequest(frame=frame)
+        release.wait(30)  # the camera goes quiet; the stream stays open
+
+    channel = server.channel()
+    try:
+        stub = folders_pb2_grpc.FoldersStub(channel)
+        folder = stub.CreateFolder(fp.CreateFolderRequest())
+
+        def parts() -> Iterator[fp.UploadMediaRequest]:
+            header = fp.UploadMediaHeader(folder_id=folder.id, tags=["photo_selfie"])
+            yield fp.UploadMediaRequest(header=header)
+            yield fp.UploadMediaRequest(chunk=read(FACES / "obama2.jpg"))
+
+        stub.UploadMedia(parts())
+        stub.CreateAnalyses(
+            fp.CreateAnalysesRequest(
+                folder_id=folder.id, analyses=[fp.AnalysisRequest(type=fp.ANALYSIS_TYPE_LIVENESS)]
+            )
+        )
+        watch = stub.WatchFolder(fp.WatchFolderRequest(folder_id=folder.id), timeout=30)
+        assert not next(watch).final
+        stream = instant_pb2_grpc.InstantStub(channel).StreamLiveness(frames(), timeout=30)
+        next(stream)  # the first frame's update: the stream is mid-flight
+        server.stop()
+        release.set()
+        for call in (watch, stream):
+            with pytest.raises(grpc.RpcError):
+                list(call)
+    finally:
+        release.set()
+        channel.close()
+
+    problems = [
+        r.getMessage()
+        for r in caplog.records
+        if "different Context" in r.getMessage() + (r.exc_text or "")
+        or "internal error" in r.getMessage()
+    ]
+    assert problems == []
+    assert _rpc_count(stream_method, "INTERNAL") == internal_before
+    database = Database(database_url)
+    try:
+        with database.session() as session:
+            methods = session.exec(select(AuditEvent.method)).all()
+    finally:
+        database.dispose()
+    assert "/vigil.v1.Folders/WatchFolder" in methods
