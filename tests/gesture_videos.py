@@ -175,7 +175,8 @@ def _noisy(
     matrix[:, 2] += (dx + 1.5 * np.sin(i / 5), dy + 1.0 * np.cos(i / 7))
     moved = cv2.warpAffine(frame, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
     grain = rng.normal(0.0, 2.0, moved.shape)
-    return np.clip(moved.astype(np.float32) + grain, 0, 255).astype(np.uint8)
+    noisy: np.ndarray = np.clip(moved.astype(np.float32) + grain, 0, 255).astype(np.uint8)
+    return noisy
 
 
 def gesture_frames(

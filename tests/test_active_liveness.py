@@ -11,12 +11,15 @@ landmark sequences only (tests/test_gestures.py).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import cv2
 import grpc
 import jwt
+import numpy as np
 import pytest
 from sqlmodel import Session
 
@@ -30,6 +33,7 @@ from vigil.v1 import (
     challenges_pb2,
     challenges_pb2_grpc,
     common_pb2,
+    video_pb2,
 )
 
 G = challenges_pb2
@@ -65,7 +69,9 @@ def stub(server: ServerThread, key: str) -> Iterator[challenges_pb2_grpc.Challen
 
 
 def create(
-    stub: challenges_pb2_grpc.ChallengesStub, *allowed: int, count: int = 2
+    stub: challenges_pb2_grpc.ChallengesStub,
+    *allowed: challenges_pb2.Gesture.ValueType,
+    count: int = 2,
 ) -> challenges_pb2.Challenge:
     return stub.CreateChallenge(G.CreateChallengeRequest(allowed=allowed, count=count))
 
@@ -116,8 +122,8 @@ def test_a_synthetic_answer_in_the_asked_order_passes(
     stub: challenges_pb2_grpc.ChallengesStub,
     stills: dict[str, Still],
     photo: str,
-    first: int,
-    second: int,
+    first: challenges_pb2.Gesture.ValueType,
+    second: challenges_pb2.Gesture.ValueType,
 ) -> None:
     challenge = create(stub, first, second)
     assert sorted(challenge.gestures) == sorted([first, second])
@@ -314,3 +320,47 @@ def test_a_safe_key_sees_the_gestures_to_perform_but_only_the_resolution(
     assert verdict.passed and verdict.resolution == "SUCCESS" and verdict.verdict_token
     assert not verdict.gestures and not verdict.checks
     assert verdict.liveness_score == 0 and not verdict.frames_sha256
+
+
+# ---- streamed answers ---------------------------------------------------------------------------
+
+
+def streamed(
+    challenge_id: str, frames: list[np.ndarray], fps: int = 15, paced: bool = True
+) -> Iterator[challenges_pb2.StreamAnswerRequest]:
+    """The challenge id, then each frame as JPEG with its capture time (at the camera's pace when
+    ``paced``, else as fast as the channel takes them)."""
+    yield G.StreamAnswerRequest(challenge_id=challenge_id)
+    started = time.monotonic()
+    for i, bgr in enumerate(frames):
+        if paced:
+            time.sleep(max(0.0, started + i / fps - time.monotonic()))
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        frame = video_pb2.StreamFrame(encoded=jpeg.tobytes(), capture_time_ms=1000.0 * i / fps)
+        yield G.StreamAnswerRequest(frame=frame)
+
+
+def test_a_streamed_answer_passes_and_a_fast_replay_does_not(
+    stub: challenges_pb2_grpc.ChallengesStub, stills: dict[str, Still]
+) -> None:
+    challenge = create(stub, G.GESTURE_SMILE, G.GESTURE_TURN_RIGHT)
+    script = [("neutral", 0.8)] + [(g, 1.2) for g in order(challenge)] + [("neutral", 0.4)]
+    frames = gesture_frames(stills["obama"], script, seed=9)
+    verdict = stub.StreamAnswer(streamed(challenge.id, frames), timeout=120)
+    assert verdict.passed, explain(verdict)
+    assert verdict.frames_analysed == len(frames)
+    pace = next(c for c in verdict.checks if c.name == "pace")
+    assert pace.passed
+
+    # the same capture sent as fast as possible: 3.8 s of frames arrive in well under that
+    again = create(stub, G.GESTURE_SMILE, G.GESTURE_TURN_RIGHT)
+    frames = gesture_frames(stills["obama"], [("neutral", 0.8)] + [(g, 1.2) for g in order(again)]
+                            + [("neutral", 0.4)], seed=10)  # fmt: skip
+    fast = stub.StreamAnswer(streamed(again.id, frames, paced=False), timeout=120)
+    assert not fast.passed
+    assert reasons(fast)["pace"] is False, explain(fast)
+
+    with pytest.raises(grpc.RpcError) as used:
+        stub.StreamAnswer(streamed(challenge.id, frames[:3], paced=False), timeout=60)
+    assert used.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -57,7 +57,8 @@ class Check:
 class AnswerFrame:
     index: int
     time_s: float
-    image: DecodedImage
+    #: Dropped after analysis by a stream (only the best frame keeps its pixels).
+    image: DecodedImage | None
     face_count: int = 0
     face: Face | None = None
     embedding: np.ndarray | None = field(default=None, repr=False)
@@ -81,13 +82,27 @@ class AnswerVerdict:
         return all(g.passed for g in self.gestures) and all(c.passed for c in self.checks)
 
 
-def frames_digest(frames: Sequence[AnswerFrame]) -> str:
-    """SHA-256 over the analysed frames' pixels (in order, with their sizes)."""
-    digest = hashlib.sha256()
-    for frame in frames:
+class FramesDigest:
+    """SHA-256 over the analysed frames' pixels, in order, with their sizes and capture times
+    (fed frame by frame, so a stream need not keep its frames)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, frame: AnswerFrame) -> None:
+        assert frame.image is not None
         bgr = frame.image.bgr
-        digest.update(f"{bgr.shape[1]}x{bgr.shape[0]}@{frame.time_s:.6f};".encode())
-        digest.update(np.ascontiguousarray(bgr).tobytes())
+        self._digest.update(f"{bgr.shape[1]}x{bgr.shape[0]}@{frame.time_s:.6f};".encode())
+        self._digest.update(np.ascontiguousarray(bgr).tobytes())
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def frames_digest(frames: Sequence[AnswerFrame]) -> str:
+    digest = FramesDigest()
+    for frame in frames:
+        digest.add(frame)
     return digest.hexdigest()
 
 
@@ -96,20 +111,23 @@ class AnswerVerifier:
         self.engine = engine
         self.replay = replay
 
-    async def _frame(self, frame: AnswerFrame, timings: Timings, deadline: float | None) -> None:
-        faces = await self.engine.detect_faces(frame.image, timings, deadline)
+    async def analyse(self, frame: AnswerFrame, timings: Timings, deadline: float | None) -> None:
+        """Detect the frame's faces; of the largest: embedding, FaceMesh signals, quality."""
+        image = frame.image
+        assert image is not None
+        faces = await self.engine.detect_faces(image, timings, deadline)
         frame.face_count = len(faces)
-        frame.hash = await self.engine.in_thread(frame_hash, frame.image.bgr)
+        frame.hash = await self.engine.in_thread(frame_hash, image.bgr)
         if not faces:
             return
         face = faces[0]
         embedding, mesh, quality = await asyncio.gather(
-            self.engine.embedding_of(frame.image, face, timings, deadline),
-            self.engine.mesh_of(frame.image, face, timings, deadline),
-            self.engine.in_thread(face_quality, frame.image.bgr, face),
+            self.engine.embedding_of(image, face, timings, deadline),
+            self.engine.mesh_of(image, face, timings, deadline),
+            self.engine.in_thread(face_quality, image.bgr, face),
         )
         frame.face, frame.embedding, frame.quality = face, embedding, quality.value
-        signals = frame_signals(mesh.points, frame.image.width, frame.image.height)
+        signals = frame_signals(mesh.points, image.width, image.height)
         frame.sample = Sample(frame.index, frame.time_s, signals)
 
     async def verify(
@@ -124,7 +142,26 @@ class AnswerVerifier:
         """Judge ``frames`` (in capture order) as the answer ``origin`` (the challenge id)."""
         timings = Timings()
         started = time.perf_counter()
-        await asyncio.gather(*(self._frame(f, timings, deadline) for f in frames))
+        await asyncio.gather(*(self.analyse(f, timings, deadline) for f in frames))
+        digest = await self.engine.in_thread(frames_digest, frames)
+        return await self.conclude(
+            frames, gestures, policy, origin, media_sha256, digest, timings, started, deadline
+        )
+
+    async def conclude(
+        self,
+        frames: list[AnswerFrame],
+        gestures: Sequence[Gesture],
+        policy: AnswerPolicy,
+        origin: str,
+        media_sha256: str | None,
+        digest: str,
+        timings: Timings,
+        started: float,
+        deadline: float | None = None,
+        extra_checks: Sequence[Check] = (),
+    ) -> AnswerVerdict:
+        """The verdict on analysed frames (see :meth:`analyse`)."""
         checks = [
             self._timing(frames, policy),
             self._faces(frames, policy),
@@ -135,7 +172,7 @@ class AnswerVerifier:
         found = detect_sequence(gestures, samples, policy.window_s, policy.thresholds)
         score, liveness = await self._liveness(frames, timings, deadline)
         checks.append(liveness)
-        digest = await self.engine.in_thread(frames_digest, frames)
+        checks += extra_checks
         timings.total_ms = (time.perf_counter() - started) * 1000
         return AnswerVerdict(
             found,
@@ -242,11 +279,11 @@ class AnswerVerifier:
     ) -> tuple[float, Check]:
         """Passive liveness of the best frame (highest face quality)."""
         threshold = self.engine.config.thresholds.liveness
-        candidates = [f for f in frames if f.face is not None]
+        candidates = [f for f in frames if f.face is not None and f.image is not None]
         if not candidates:
             return 0.0, Check("liveness", False, "no face to judge")
         best = max(candidates, key=lambda f: f.quality)
-        assert best.face is not None
+        assert best.face is not None and best.image is not None
         score = await self.engine.liveness_of(best.image, best.face, timings, deadline)
         live = is_live(score.score, threshold)
         return score.score, Check(

@@ -9,23 +9,37 @@ frames' hash.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from vigil.inference.errors import InvalidArgument
 from vigil.inference.gestures.detectors import Gesture, GestureThresholds
-from vigil.inference.gestures.verify import AnswerFrame, AnswerPolicy, AnswerVerifier
+from vigil.inference.gestures.verify import (
+    AnswerFrame,
+    AnswerPolicy,
+    AnswerVerdict,
+    AnswerVerifier,
+    Check,
+    FramesDigest,
+)
+from vigil.inference.types import Timings
 from vigil.inference.video.decode import VideoLimits, VideoSampling, decode_video
 from vigil.server.api import challenges_converters as cconv
 from vigil.server.api import converters as conv
+from vigil.server.api.stream_liveness import decode_frame
 from vigil.server.rpc import Context
 from vigil.server.security.principal import acting_company
 from vigil.server.security.state import Security
 from vigil.server.settings import Settings
 from vigil.server.video import replay_memory_for
 from vigil.storage import challenges
+from vigil.storage.tables import Challenge
 from vigil.v1 import challenges_pb2, challenges_pb2_grpc
 
 MAX_ID_CHARS = 128
+#: A stream's capture span may exceed its arrival span by this much (the first frame's upload).
+STREAM_PACE_SLACK_S = 1.0
 
 
 def gesture_thresholds(settings: Settings) -> GestureThresholds:
@@ -129,15 +143,8 @@ class ChallengesServicer(challenges_pb2_grpc.ChallengesServicer):
         admitted = min(sampling.count, limit) if limit else sampling.count
         async with engine.admission(admitted):
             video = await engine.in_thread(decode_video, data, limits, sampling)
-            row = await self.app.db(
-                lambda s: challenges.consume(challenge_id, company_id=company, session=s)
-            )
-            policy = AnswerPolicy(
-                thresholds=gesture_thresholds(self.settings),
-                window_s=row.gesture_window_ms / 1000,
-                max_duration_s=self.settings.challenge_ttl_s,
-                max_frame_gap_s=self.settings.challenge_max_frame_gap_ms / 1000,
-            )
+            row = await self._consume(challenge_id, company)
+            policy = self._policy(row)
             frames = [AnswerFrame(f.index, f.time_s, f.image) for f in video.frames]
             verdict = await self.verifier.verify(
                 frames,
@@ -147,6 +154,109 @@ class ChallengesServicer(challenges_pb2_grpc.ChallengesServicer):
                 media_sha256=video.info.sha256,
                 deadline=deadline,
             )
+        return await self._signed(row, company, verdict)
+
+    async def StreamAnswer(
+        self,
+        requests: AsyncIterator[challenges_pb2.StreamAnswerRequest],
+        context: Context,
+    ) -> challenges_pb2.ChallengeVerdict:
+        """Frames analysed one at a time as they arrive (one in flight: the client's stream
+        waits, gRPC flow control slows it); only the best frame keeps its pixels."""
+        company = acting_company()
+        deadline = conv.deadline_of(context)
+        engine = self.app.engine
+        limits = engine.config.image_limits
+        _, sampling = self._sampling()
+        min_gap_s = 0.9 / self.settings.challenge_sample_fps
+        row: Challenge | None = None
+        frames: list[AnswerFrame] = []
+        digest = FramesDigest()
+        timings = Timings()
+        started = time.perf_counter()
+        received: list[float] = []
+        skipped = 0
+        best: AnswerFrame | None = None
+        async with engine.admission(1):
+            async for request in requests:
+                kind = request.WhichOneof("message")
+                if kind == "challenge_id":
+                    if row is not None:
+                        raise InvalidArgument(
+                            "challenge_id must be the stream's first message, once"
+                        )
+                    row = await self._consume(_challenge_id(request.challenge_id), company)
+                    continue
+                if kind != "frame":
+                    raise InvalidArgument("each message must be a challenge_id or a frame")
+                if row is None:
+                    raise InvalidArgument("the first message must carry the challenge_id")
+                frame = request.frame
+                if frame.WhichOneof("pixels") is None:
+                    raise InvalidArgument("frame.encoded or frame.raw is required")
+                time_s = frame.capture_time_ms / 1000
+                if frames and 0 <= time_s - frames[-1].time_s < min_gap_s:
+                    skipped += 1  # the camera is faster than the analysis needs
+                    continue
+                if len(frames) >= sampling.count:
+                    raise InvalidArgument(
+                        f"more than {sampling.count} frames (VIGIL_CHALLENGE_SAMPLE_FPS × "
+                        "VIGIL_CHALLENGE_TTL_S); end the stream sooner"
+                    )
+                received.append(time.monotonic())
+                image = await engine.in_thread(decode_frame, frame, limits)
+                answer = AnswerFrame(len(frames) + skipped, time_s, image)
+                await self.verifier.analyse(answer, timings, deadline)
+                await engine.in_thread(digest.add, answer)
+                if answer.face is not None and (best is None or answer.quality > best.quality):
+                    if best is not None:
+                        best.image = None
+                    best = answer
+                elif answer is not best:
+                    answer.image = None
+                frames.append(answer)
+            if row is None:
+                raise InvalidArgument("the stream carried no challenge_id")
+            captured = frames[-1].time_s - frames[0].time_s if frames else 0.0
+            arrived = received[-1] - received[0] if received else 0.0
+            # a recording sent faster than it was filmed: capture times the camera could not have
+            pace = Check(
+                "pace",
+                captured <= arrived + STREAM_PACE_SLACK_S,
+                f"{captured:.2f} s of capture arrived in {arrived:.2f} s",
+            )
+            verdict = await self.verifier.conclude(
+                frames,
+                [Gesture(name) for name in row.gestures],
+                self._policy(row),
+                row.id,
+                None,
+                digest.hexdigest(),
+                timings,
+                started,
+                deadline,
+                extra_checks=[pace],
+            )
+        return await self._signed(row, company, verdict)
+
+    async def _consume(self, challenge_id: str, company: str) -> Challenge:
+        return await self.app.db(
+            lambda s: challenges.consume(challenge_id, company_id=company, session=s)
+        )
+
+    def _policy(self, row: Challenge) -> AnswerPolicy:
+        return AnswerPolicy(
+            thresholds=gesture_thresholds(self.settings),
+            window_s=row.gesture_window_ms / 1000,
+            max_duration_s=self.settings.challenge_ttl_s,
+            max_frame_gap_s=self.settings.challenge_max_frame_gap_ms / 1000,
+        )
+
+    async def _signed(
+        self, row: Challenge, company: str, verdict: AnswerVerdict
+    ) -> challenges_pb2.ChallengeVerdict:
+        """The verdict message, its outcome recorded on the challenge, and its signed token."""
+        challenge_id = row.id
         message = cconv.verdict_message(challenge_id, verdict)
         await self.app.db(
             lambda s: challenges.record_outcome(

@@ -64,7 +64,7 @@ PERMISSIONS: dict[str, Rule] = {
     **_rules("Admin", ACCOUNT_ADMINS, "CreateApiKey ListApiKeys RevokeApiKey ListAuditEvents"),
     **_rules("Operators", DECIDERS, "ResolveAnalysis"),
     **_rules("Verdicts", EVERYONE, "GetVerdict GetPublicKeys"),
-    **_rules("Challenges", WRITERS, "CreateChallenge GetChallenge AnswerChallenge"),
+    **_rules("Challenges", WRITERS, "CreateChallenge GetChallenge AnswerChallenge StreamAnswer"),
 }
 
 #: Roles a CLIENT_ADMIN may hand out within its company (never staff roles).

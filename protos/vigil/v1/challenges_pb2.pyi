@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from vigil.v1 import common_pb2 as _common_pb2
+from vigil.v1 import video_pb2 as _video_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -168,6 +169,32 @@ class AnswerChallengeRequest(_message.Message):
 Global___AnswerChallengeRequest: _TypeAlias = AnswerChallengeRequest  # noqa: Y015
 
 @_typing.final
+class StreamAnswerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHALLENGE_ID_FIELD_NUMBER: _builtins.int
+    FRAME_FIELD_NUMBER: _builtins.int
+    challenge_id: _builtins.str
+    """The first message, and only the first."""
+    @_builtins.property
+    def frame(self) -> _video_pb2.StreamFrame: ...
+    def __init__(
+        self,
+        *,
+        challenge_id: _builtins.str = ...,
+        frame: _video_pb2.StreamFrame | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "frame", b"frame", "message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "frame", b"frame", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["challenge_id", "frame"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___StreamAnswerRequest: _TypeAlias = StreamAnswerRequest  # noqa: Y015
+
+@_typing.final
 class GestureResult(_message.Message):
     """What one gesture's detector found (FULL results only), or the closest it came."""
 
@@ -233,7 +260,7 @@ class AnswerCheck(_message.Message):
     PASSED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """"nonce", "single_face", "identity", "timing", "liveness", "face_frames"."""
+    """"timing", "single_face", "identity", "replay", "liveness"; streams also "pace"."""
     passed: _builtins.bool
     detail: _builtins.str
     def __init__(

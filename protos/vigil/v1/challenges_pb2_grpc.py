@@ -55,6 +55,11 @@ class ChallengesStub:
                 request_serializer=vigil_dot_v1_dot_challenges__pb2.AnswerChallengeRequest.SerializeToString,
                 response_deserializer=vigil_dot_v1_dot_challenges__pb2.ChallengeVerdict.FromString,
                 _registered_method=True)
+        self.StreamAnswer = channel.stream_unary(
+                '/vigil.v1.Challenges/StreamAnswer',
+                request_serializer=vigil_dot_v1_dot_challenges__pb2.StreamAnswerRequest.SerializeToString,
+                response_deserializer=vigil_dot_v1_dot_challenges__pb2.ChallengeVerdict.FromString,
+                _registered_method=True)
 
 
 class ChallengesServicer:
@@ -85,6 +90,16 @@ class ChallengesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamAnswer(self, request_iterator, context):
+        """Frames as the camera produces them: first a message with the challenge id (which consumes
+        the challenge), then frames with their capture times; the verdict comes when the client
+        closes its side. Frames closer than 1/VIGIL_CHALLENGE_SAMPLE_FPS to the previous kept one are
+        skipped; frames captured faster than they arrive (a recording streamed fast) fail the timing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChallengesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +116,11 @@ def add_ChallengesServicer_to_server(servicer, server):
             'AnswerChallenge': grpc.unary_unary_rpc_method_handler(
                     servicer.AnswerChallenge,
                     request_deserializer=vigil_dot_v1_dot_challenges__pb2.AnswerChallengeRequest.FromString,
+                    response_serializer=vigil_dot_v1_dot_challenges__pb2.ChallengeVerdict.SerializeToString,
+            ),
+            'StreamAnswer': grpc.stream_unary_rpc_method_handler(
+                    servicer.StreamAnswer,
+                    request_deserializer=vigil_dot_v1_dot_challenges__pb2.StreamAnswerRequest.FromString,
                     response_serializer=vigil_dot_v1_dot_challenges__pb2.ChallengeVerdict.SerializeToString,
             ),
     }
@@ -190,6 +210,33 @@ class Challenges:
             target,
             '/vigil.v1.Challenges/AnswerChallenge',
             vigil_dot_v1_dot_challenges__pb2.AnswerChallengeRequest.SerializeToString,
+            vigil_dot_v1_dot_challenges__pb2.ChallengeVerdict.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamAnswer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/vigil.v1.Challenges/StreamAnswer',
+            vigil_dot_v1_dot_challenges__pb2.StreamAnswerRequest.SerializeToString,
             vigil_dot_v1_dot_challenges__pb2.ChallengeVerdict.FromString,
             options,
             channel_credentials,

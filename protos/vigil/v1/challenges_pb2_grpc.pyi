@@ -43,6 +43,12 @@ class ChallengesStub:
     GetChallenge: _grpc.UnaryUnaryMultiCallable[_challenges_pb2.GetChallengeRequest, _challenges_pb2.Challenge]
     AnswerChallenge: _grpc.UnaryUnaryMultiCallable[_challenges_pb2.AnswerChallengeRequest, _challenges_pb2.ChallengeVerdict]
     """A recorded video answering a challenge (MP4/H.264, MOV, WebM): consumes the challenge."""
+    StreamAnswer: _grpc.StreamUnaryMultiCallable[_challenges_pb2.StreamAnswerRequest, _challenges_pb2.ChallengeVerdict]
+    """Frames as the camera produces them: first a message with the challenge id (which consumes
+    the challenge), then frames with their capture times; the verdict comes when the client
+    closes its side. Frames closer than 1/VIGIL_CHALLENGE_SAMPLE_FPS to the previous kept one are
+    skipped; frames captured faster than they arrive (a recording streamed fast) fail the timing.
+    """
 
 @_typing.type_check_only
 class ChallengesAsyncStub(ChallengesStub):
@@ -59,6 +65,12 @@ class ChallengesAsyncStub(ChallengesStub):
     GetChallenge: _aio.UnaryUnaryMultiCallable[_challenges_pb2.GetChallengeRequest, _challenges_pb2.Challenge]  # type: ignore[assignment]
     AnswerChallenge: _aio.UnaryUnaryMultiCallable[_challenges_pb2.AnswerChallengeRequest, _challenges_pb2.ChallengeVerdict]  # type: ignore[assignment]
     """A recorded video answering a challenge (MP4/H.264, MOV, WebM): consumes the challenge."""
+    StreamAnswer: _aio.StreamUnaryMultiCallable[_challenges_pb2.StreamAnswerRequest, _challenges_pb2.ChallengeVerdict]  # type: ignore[assignment]
+    """Frames as the camera produces them: first a message with the challenge id (which consumes
+    the challenge), then frames with their capture times; the verdict comes when the client
+    closes its side. Frames closer than 1/VIGIL_CHALLENGE_SAMPLE_FPS to the previous kept one are
+    skipped; frames captured faster than they arrive (a recording streamed fast) fail the timing.
+    """
 
 class ChallengesServicer(metaclass=_abc_1.ABCMeta):
     """Active liveness: the server issues a challenge (an ordered sequence of gestures it chose at
@@ -90,5 +102,17 @@ class ChallengesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_challenges_pb2.ChallengeVerdict, _abc.Awaitable[_challenges_pb2.ChallengeVerdict]]:
         """A recorded video answering a challenge (MP4/H.264, MOV, WebM): consumes the challenge."""
+
+    @_abc_1.abstractmethod
+    def StreamAnswer(
+        self,
+        request_iterator: _MaybeAsyncIterator[_challenges_pb2.StreamAnswerRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_challenges_pb2.ChallengeVerdict, _abc.Awaitable[_challenges_pb2.ChallengeVerdict]]:
+        """Frames as the camera produces them: first a message with the challenge id (which consumes
+        the challenge), then frames with their capture times; the verdict comes when the client
+        closes its side. Frames closer than 1/VIGIL_CHALLENGE_SAMPLE_FPS to the previous kept one are
+        skipped; frames captured faster than they arrive (a recording streamed fast) fail the timing.
+        """
 
 def add_ChallengesServicer_to_server(servicer: ChallengesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
