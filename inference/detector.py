@@ -23,13 +23,40 @@ def prepare(bgr: np.ndarray, max_side: int, min_side: int = 320) -> tuple[np.nda
     more it finds them all. Returns the tensor and the factor from detector to image pixels.
     """
     resized, factor = scale_for_detector(bgr, max_side, min_side)
-    rh, rw = resized.shape[:2]
+    return to_tensor(resized), factor
+
+
+def to_tensor(image: np.ndarray) -> np.ndarray:
+    """A BGR image as YuNet's NCHW float32 input, zero-padded to multiples of 32."""
+    rh, rw = image.shape[:2]
     ph, pw = -(-rh // 32) * 32, -(-rw // 32) * 32
     tensor = np.zeros((1, 3, ph, pw), dtype=np.float32)
     # Plane by plane from cv2.split: half the time of one strided transpose-and-convert copy.
-    for channel, plane in enumerate(cv2.split(resized)):
+    for channel, plane in enumerate(cv2.split(image)):
         tensor[0, channel, :rh, :rw] = plane
-    return tensor, factor
+    return tensor
+
+
+def detector_size(
+    width: int, height: int, max_side: int, min_side: int = 320
+) -> tuple[tuple[int, int], float]:
+    """The (width, height) :func:`scale_for_detector` gives a ``width``×``height`` image, and its
+    factor back to image pixels, computed without the image: so an image decoded at a reduced
+    scale can be brought to the very input size (and factor) its full decode would get."""
+    longer = max(height, width)
+    if longer <= max_side:
+        scale = max(1.0, min_side / longer)
+        if scale == 1.0:
+            return (width, height), 1.0
+        return (max(1, round(width * scale)), max(1, round(height * scale))), 1.0 / scale
+    halvings = 0
+    while max(height, width) >= 2 * max_side and min(height, width) >= 2:
+        height, width = height // 2, width // 2
+        halvings += 1
+    scale = max_side / max(height, width)
+    if scale < 1.0:
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    return (width, height), 2**halvings / scale
 
 
 def scale_for_detector(
@@ -164,11 +191,28 @@ class YuNetDetector:
         faces.sort(key=lambda f: f.area, reverse=True)
         return faces
 
-    def detect(self, bgr: np.ndarray, alone: bool = False) -> list[Face]:
-        """All faces in the image, in image pixels, largest first (``alone``: a backend hint)."""
-        tensor, factor = self.prepare(bgr)
-        outputs = self.model.infer({"input": tensor}, alone=alone)
+    def detect(
+        self, bgr: np.ndarray, alone: bool = False, full_size: tuple[int, int] | None = None
+    ) -> list[Face]:
+        """All faces in the image, in image pixels, largest first (``alone``: a backend hint).
+
+        ``full_size``: ``bgr`` is a reduced decode of an image of that (width, height); it is
+        brought to the input size the full image would get, and faces come in full pixels.
+        """
         height, width = bgr.shape[:2]
-        return self.postprocess(
-            outputs, (tensor.shape[2], tensor.shape[3]), factor, (width, height)
+        if full_size is None or full_size == (width, height):
+            tensor, factor = self.prepare(bgr)
+            full_size = (width, height)
+        else:
+            size, factor = detector_size(*full_size, self.max_side, self.min_side)
+            tensor = to_tensor(cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR))
+        outputs = self.model.infer({"input": tensor}, alone=alone)
+        return self.postprocess(outputs, (tensor.shape[2], tensor.shape[3]), factor, full_size)
+
+    def raw_faces(self, bgr: np.ndarray, alone: bool = False) -> list[Face]:
+        """Faces of ``bgr`` exactly as given (no scaling), in its pixels, unclipped, best first."""
+        tensor = to_tensor(bgr)
+        outputs = self.model.infer({"input": tensor}, alone=alone)
+        return decode(
+            outputs, (tensor.shape[2], tensor.shape[3]), self.score_threshold, self.nms_iou
         )

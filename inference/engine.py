@@ -36,6 +36,7 @@ from vigil.inference.catalog import (
     verify_installed,
 )
 from vigil.inference.decisions import Thresholds, distance, is_match, similarity
+from vigil.inference.decode_budget import PixelBudget
 from vigil.inference.detector import YuNetDetector
 from vigil.inference.errors import (
     FaceNotFound,
@@ -45,7 +46,8 @@ from vigil.inference.errors import (
     Unavailable,
 )
 from vigil.inference.facemesh import FaceMesh, mesh_crop, mesh_from_outputs
-from vigil.inference.media import DecodedImage, ImageLimits, decode_image
+from vigil.inference.finder import FaceFinder, StageTimes, in_pixels_of
+from vigil.inference.media import DecodedImage, ImageLimits
 from vigil.inference.models import chips_to_tensor, ensemble_real_probability
 from vigil.inference.types import Face, LivenessScore, Subject, Timings
 
@@ -83,6 +85,12 @@ class EngineConfig:
     #: Images the engine's callers may hold in it at once before new ones are refused (0: no
     #: limit); see :meth:`Engine.admission`.
     max_inflight_images: int
+    #: Decoded pixels all images in the engine may hold together (0: no limit); see
+    #: :mod:`vigil.inference.decode_budget`.
+    decode_pixel_budget: int
+    #: Most detector-sized tiles of the closer look for small faces (0: none); see
+    #: :mod:`vigil.inference.tiling`.
+    detect_max_tiles: int
     detect_score_threshold: float = YUNET.thresholds["score"]
 
 
@@ -133,6 +141,8 @@ class Engine:
         self.running: Choice | None = None
         self.batchers: dict[str, Batcher] = {}
         self.detector: YuNetDetector | None = None
+        self.pixel_budget = PixelBudget(config.decode_pixel_budget)
+        self.finder: FaceFinder | None = None
         self._started = False
         self._inflight = 0
         #: Per model: images in the detector now whose next stage is that model.
@@ -152,6 +162,13 @@ class Engine:
             min_side=self.config.detect_min_side,
             score_threshold=self.config.detect_score_threshold,
             min_face_px=self.config.min_face_px,
+        )
+        self.finder = FaceFinder(
+            self.detector,
+            self.config.image_limits,
+            self.pixel_budget,
+            self.config.detect_max_tiles,
+            alone=self._alone,
         )
         self._warm_up()
 
@@ -318,7 +335,10 @@ class Engine:
         While it runs, the models ``bound_for`` count it as upstream (their batches may wait
         for it)."""
         self._require_started()
-        job = functools.partial(self._detect_job, data, image, require_single, then)
+        sharp = DLIB_RESNET in bound_for  # embeddings keep the full decode (see finder.py)
+        job = functools.partial(
+            self._detect_job, data, image, require_single, then, sharp, deadline
+        )
         for spec in bound_for:
             self._upstream[spec.name] += 1
         try:
@@ -335,17 +355,31 @@ class Engine:
         image: DecodedImage | None,
         require_single: bool | None,
         then: Callable[[np.ndarray, Face], Any] | None,
+        sharp: bool,
+        deadline: float | None,
     ) -> _Located:
-        detector = self.detector
+        examine = functools.partial(self._examine, require_single=require_single, then=then)
+        if image is None:  # bytes: decoded (and their pixels freed) within the pixel budget
+            assert data is not None and self.finder is not None
+            return self.finder.find(data, deadline, sharp, examine)
+        detector = self.detector  # a frame the caller decoded (video): detected as it is
         assert detector is not None
         started = time.perf_counter()
-        if image is None:
-            assert data is not None
-            image = decode_image(data, self.config.image_limits)
-        decoded = time.perf_counter()
         faces = detector.detect(image.bgr, alone=self._alone())
-        detected = time.perf_counter()
-        located = _Located(image, faces, None, decoded - started, detected - decoded)
+        return examine(image, faces, StageTimes(0.0, time.perf_counter() - started), keep=True)
+
+    def _examine(
+        self,
+        image: DecodedImage,
+        faces: list[Face],
+        times: StageTimes,
+        require_single: bool | None,
+        then: Callable[[np.ndarray, Face], Any] | None,
+        keep: bool = False,
+    ) -> _Located:
+        """The subject checks and ``then``; the result keeps the pixels only when ``keep``."""
+        described = image if keep else image.without_pixels()
+        located = _Located(described, faces, None, times.decode_s, times.detect_s)
         if require_single is None:
             return located
         if not faces:
@@ -356,8 +390,9 @@ class Engine:
         if require_single and len(faces) > 1:
             raise MultipleFaces(f"{len(faces)} faces found; the request requires exactly one")
         if then is not None:
-            located.extra = then(image.bgr, faces[0])
-            located.align_s = time.perf_counter() - detected
+            started = time.perf_counter()
+            located.extra = then(image.bgr, in_pixels_of(faces[0], image))
+            located.align_s = time.perf_counter() - started
         return located
 
     async def _run_face_model(

@@ -45,18 +45,33 @@ class ImageLimits:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A decoded, upright BGR image (uint8, H×W×3) and what was learnt on the way."""
+    """A decoded, upright BGR image (uint8, H×W×3) and what was learnt on the way.
+
+    A JPEG may be decoded at a reduced scale (``reduction`` 2, 4 or 8: libjpeg's DCT scaling,
+    which costs a fraction of a full decode); ``width`` and ``height`` are always the full
+    upright image's, and ``reduction`` maps ``bgr``'s pixels to it (full = reduced × reduction).
+    """
 
     bgr: np.ndarray
     content_type: str
+    #: The full upright image's (width, height) when ``bgr`` is not the full image.
+    full_size: tuple[int, int] | None = None
+    reduction: int = 1
 
     @property
     def width(self) -> int:
-        return int(self.bgr.shape[1])
+        return self.full_size[0] if self.full_size else int(self.bgr.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.bgr.shape[0])
+        return self.full_size[1] if self.full_size else int(self.bgr.shape[0])
+
+    def without_pixels(self) -> DecodedImage:
+        """The same image's description without its pixels (so they can be freed), for callers
+        that only report its type and size."""
+        return DecodedImage(
+            np.empty((0, 0, 3), np.uint8), self.content_type, (self.width, self.height)
+        )
 
 
 #: BITMAPCOREHEADER, BITMAPINFOHEADER and its successors: what follows "BM" in a real BMP.
@@ -257,17 +272,58 @@ def probe(data: bytes, limits: ImageLimits) -> tuple[str, int, int]:
     return kind, width, height
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
-    """Decode ``data`` into an upright BGR image, or raise a precise :class:`InvalidMedia`."""
+#: OpenCV's flags for a JPEG decoded at 1/n scale (DCT scaling; EXIF orientation still applied).
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def reduced_side(side: int, reduction: int) -> int:
+    """A side's length in a JPEG decoded at 1/``reduction`` (libjpeg rounds up)."""
+    return -(-side // reduction)
+
+
+def jpeg_reduction(kind: str, longer_side: int, needed_side: int) -> int:
+    """The largest DCT reduction (1, 2, 4 or 8) that still leaves ``needed_side`` pixels on the
+    longer side; 1 for anything but JPEG (other formats decode in full whatever the flag)."""
+    if kind != "image/jpeg":
+        return 1
+    for reduction in (8, 4, 2):
+        if reduced_side(longer_side, reduction) >= needed_side:
+            return reduction
+    return 1
+
+
+def decode_image(data: bytes, limits: ImageLimits, reduction: int = 1) -> DecodedImage:
+    """Decode ``data`` into an upright BGR image, or raise a precise :class:`InvalidMedia`.
+
+    ``reduction`` (2, 4 or 8) decodes a JPEG at that fraction of its size; ignored otherwise.
+    """
     kind, width, height = probe(data, limits)
+    return decode_probed(data, kind, width, height, reduction)
+
+
+def decode_probed(
+    data: bytes, kind: str, width: int, height: int, reduction: int = 1
+) -> DecodedImage:
+    """:func:`decode_image` of bytes :func:`probe` read as ``kind``, ``width``×``height``."""
+    reduction = reduction if kind == "image/jpeg" else 1
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(buffer, _REDUCED_FLAGS[reduction])
     if image is None:
         raise InvalidMedia(f"corrupt {kind}: the decoder could not read the image data")
     # EXIF orientation may swap the sides; anything else means the header lied.
-    if sorted(image.shape[:2]) != sorted((width, height)):
+    expected = (reduced_side(width, reduction), reduced_side(height, reduction))
+    if sorted(image.shape[:2]) != sorted(expected):
         raise InvalidMedia(
             f"corrupt {kind}: header says {width}×{height}, data decodes to "
             f"{image.shape[1]}×{image.shape[0]}"
+            + (f" at 1/{reduction} scale" if reduction > 1 else "")
         )
-    return DecodedImage(bgr=image, content_type=kind)
+    if reduction == 1:
+        return DecodedImage(bgr=image, content_type=kind)
+    upright = (width, height) if image.shape[1] == expected[0] else (height, width)
+    return DecodedImage(bgr=image, content_type=kind, full_size=upright, reduction=reduction)

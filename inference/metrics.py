@@ -42,3 +42,16 @@ INFLIGHT = Gauge("vigil_inflight_images", "Images the Instant API holds in the e
 ADMISSION_REJECTED = Counter(
     "vigil_admission_rejected_total", "Instant API requests refused because the engine was full"
 )
+
+DECODE_PIXELS_IN_FLIGHT = Gauge(
+    "vigil_decode_pixels_in_flight",
+    "Decoded pixels the engine holds now (VIGIL_DECODE_PIXEL_BUDGET bounds them)",
+)
+DECODE_BUDGET_REFUSED = Counter(
+    "vigil_decode_budget_refused_total",
+    "Images refused because the decoded-pixel budget stayed taken until their deadline",
+)
+SECOND_PASS = Counter(
+    "vigil_detect_second_pass_total",
+    "Images searched again in tiles at a higher resolution for small faces",
+)

@@ -139,6 +139,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         detector_instances=settings.detector_instances,
         max_inflight_images=settings.max_inflight_images,
         worker_nice=settings.worker_nice,
+        decode_pixel_budget=settings.decode_pixel_budget,
+        detect_max_tiles=settings.detect_max_tiles,
     )
 
 
