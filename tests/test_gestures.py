@@ -13,8 +13,11 @@ import pytest
 from sqlmodel import Session
 
 from tests.conftest import FACES
-from tests.gesture_videos import analyse_still
+from tests.gesture_videos import analyse_still, gesture_frame
+from vigil.inference.backends import BackendOptions, load_models
+from vigil.inference.catalog import FACEMESH
 from vigil.inference.errors import FailedPrecondition, InvalidArgument, NotFound
+from vigil.inference.facemesh import mesh_crop, mesh_from_outputs
 from vigil.inference.gestures.detectors import (
     Gesture,
     GestureThresholds,
@@ -233,3 +236,31 @@ def test_a_narrowed_set_is_respected(session: Session) -> None:
             ["blink", "smile"], 5, window_ms=5000, ttl=timedelta(minutes=1), company_id=company,
             session=session,
         )  # fmt: skip
+
+
+def test_the_default_backend_reads_the_signals_as_onnx_runtime_fp32(models_dir: Path) -> None:
+    """FaceMesh on the backend ``auto`` picks (OpenVINO bf16 where the CPU has it) against ONNX
+    Runtime fp32 on the real photos and a synthetic turn: the landmarks move by about a pixel,
+    the signals by a small fraction of each gesture's threshold (measured: ≤ 1.03 px, yaw ≤ 0.9°,
+    pitch ≤ 0.8°, EAR ≤ 0.012, smile ratio ≤ 0.01)."""
+    paths = {FACEMESH.name: models_dir / FACEMESH.file}
+    reference = load_models("onnxruntime", BackendOptions(precision="fp32"), [FACEMESH], paths)
+    default = load_models("auto", BackendOptions(precision="auto"), [FACEMESH], paths)
+    try:
+        for name in ("obama", "obama2", "obama3", "biden"):
+            still = analyse_still(FACES / f"{name}.jpg", models_dir)
+            for image in (still.bgr, gesture_frame(still, "turn_right", 1.0)):
+                crop = mesh_crop(image, still.box)
+                read = []
+                for loaded in (reference, default):
+                    row = loaded.models[FACEMESH.name].infer({"input_1": crop.tensor[None]})
+                    mesh = mesh_from_outputs({k: v[0] for k, v in row.items()}, crop)
+                    read.append((mesh.points, frame_signals(mesh.points, 360, 480)))
+                (ref_points, ref), (points, got) = read
+                assert np.abs(ref_points[:, :2] - points[:, :2]).max() < 1.5, name
+                assert abs(ref.yaw - got.yaw) < 1.5 and abs(ref.pitch - got.pitch) < 1.5, name
+                assert abs(ref.ear - got.ear) < 0.02 and abs(ref.smile - got.smile) < 0.015, name
+    finally:
+        for loaded in (reference, default):
+            for model in loaded.models.values():
+                model.unload()
