@@ -25,6 +25,7 @@ from sqlmodel import Session
 
 from tests.conftest import FACES, ServerThread
 from tests.gesture_videos import Still, analyse_still, gesture_frames
+from tests.test_folders_api import LIVENESS, run, upload
 from tests.videos import encode, motion_frames
 from vigil.storage.tables import Challenge, utcnow
 from vigil.v1 import (
@@ -33,8 +34,10 @@ from vigil.v1 import (
     challenges_pb2,
     challenges_pb2_grpc,
     common_pb2,
+    folders_pb2_grpc,
     video_pb2,
 )
+from vigil.v1 import folders_pb2 as fp
 
 G = challenges_pb2
 NAMES = {
@@ -364,3 +367,37 @@ def test_a_streamed_answer_passes_and_a_fast_replay_does_not(
     with pytest.raises(grpc.RpcError) as used:
         stub.StreamAnswer(streamed(challenge.id, frames[:3], paced=False), timeout=60)
     assert used.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+# ---- the persistent API: Oz's gesture tags -------------------------------------------------------
+
+
+def test_a_gesture_tag_makes_liveness_check_that_gesture(
+    server: ServerThread, key: str, stills: dict[str, Still]
+) -> None:
+    """``video_selfie_smile`` on a video that smiles: SUCCESS with a passed ``gesture_smile``
+    signal; ``video_selfie_zoom`` on the same kind of video (no zoom): DECLINED by
+    ``gesture_move_closer``; ``video_selfie_blank`` asks for no gesture."""
+    smiling = encode(gesture_frames(stills["obama"], [("neutral", 0.8), ("smile", 1.2),
+                                                      ("neutral", 0.6)], seed=11))  # fmt: skip
+    also_smiling = encode(gesture_frames(stills["obama"], [("neutral", 0.8), ("smile", 1.2),
+                                                           ("neutral", 0.6)], seed=12))  # fmt: skip
+    with server.channel(key) as channel:
+        folders = folders_pb2_grpc.FoldersStub(channel)
+        outcome = {}
+        for tag, video in [("video_selfie_smile", smiling), ("video_selfie_zoom", also_smiling)]:
+            folder = folders.CreateFolder(fp.CreateFolderRequest())
+            upload(folders, (), folder.id, video, [tag])
+            outcome[tag] = run(folders, (), folder.id, LIVENESS)[fp.ANALYSIS_TYPE_LIVENESS]
+
+    passed = outcome["video_selfie_smile"]
+    assert passed.resolution == fp.RESOLUTION_SUCCESS, passed
+    signal = next(s for s in passed.results[0].signals if s.name == "gesture_smile")
+    assert not signal.triggered and "smile from" in signal.detail
+
+    missing = outcome["video_selfie_zoom"]
+    assert missing.resolution == fp.RESOLUTION_DECLINED
+    (result,) = missing.results
+    signal = next(s for s in result.signals if s.name == "gesture_move_closer")
+    assert signal.triggered and signal.declines and "size reached" in signal.detail
+    assert "declined by gesture_move_closer" in result.error

@@ -8,13 +8,12 @@ frames' hash.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from vigil.inference.errors import InvalidArgument
-from vigil.inference.gestures.detectors import Gesture, GestureThresholds
+from vigil.inference.gestures.detectors import Gesture
 from vigil.inference.gestures.verify import (
     AnswerFrame,
     AnswerPolicy,
@@ -24,10 +23,11 @@ from vigil.inference.gestures.verify import (
     FramesDigest,
 )
 from vigil.inference.types import Timings
-from vigil.inference.video.decode import VideoLimits, VideoSampling, decode_video
+from vigil.inference.video.decode import decode_video
 from vigil.server.api import challenges_converters as cconv
 from vigil.server.api import converters as conv
 from vigil.server.api.stream_liveness import decode_frame
+from vigil.server.gestures import answer_policy, answer_sampling
 from vigil.server.rpc import Context
 from vigil.server.security.principal import acting_company
 from vigil.server.security.state import Security
@@ -40,18 +40,6 @@ from vigil.v1 import challenges_pb2, challenges_pb2_grpc
 MAX_ID_CHARS = 128
 #: A stream's capture span may exceed its arrival span by this much (the first frame's upload).
 STREAM_PACE_SLACK_S = 1.0
-
-
-def gesture_thresholds(settings: Settings) -> GestureThresholds:
-    return GestureThresholds(
-        blink_ratio=settings.gesture_blink_ratio,
-        blink_min_ms=settings.gesture_blink_min_ms,
-        blink_max_ms=settings.gesture_blink_max_ms,
-        smile_growth=settings.gesture_smile_growth,
-        turn_degrees=settings.gesture_turn_degrees,
-        tilt_degrees=settings.gesture_tilt_degrees,
-        closer_growth=settings.gesture_closer_growth,
-    )
 
 
 def _challenge_id(value: str) -> str:
@@ -114,18 +102,6 @@ class ChallengesServicer(challenges_pb2_grpc.ChallengesServicer):
         )
         return cconv.challenge_message(row)
 
-    def _sampling(self) -> tuple[VideoLimits, VideoSampling]:
-        settings = self.settings
-        span = min(settings.challenge_ttl_s, settings.max_video_duration_s)
-        count = math.ceil(span * settings.challenge_sample_fps)
-        limits = VideoLimits(
-            max_bytes=settings.max_video_bytes,
-            max_duration_s=settings.max_video_duration_s,
-            max_side=settings.max_video_side,
-            max_frames=settings.max_video_frames,
-        )
-        return limits, VideoSampling(count=count, fps=settings.challenge_sample_fps)
-
     async def AnswerChallenge(
         self, request: challenges_pb2.AnswerChallengeRequest, context: Context
     ) -> challenges_pb2.ChallengeVerdict:
@@ -138,7 +114,7 @@ class ChallengesServicer(challenges_pb2_grpc.ChallengesServicer):
         await self.app.db(
             lambda s: challenges.get_challenge(challenge_id, company_id=company, session=s)
         )
-        limits, sampling = self._sampling()
+        limits, sampling = answer_sampling(self.settings)
         limit = engine.config.max_inflight_images
         admitted = min(sampling.count, limit) if limit else sampling.count
         async with engine.admission(admitted):
@@ -167,7 +143,7 @@ class ChallengesServicer(challenges_pb2_grpc.ChallengesServicer):
         deadline = conv.deadline_of(context)
         engine = self.app.engine
         limits = engine.config.image_limits
-        _, sampling = self._sampling()
+        _, sampling = answer_sampling(self.settings)
         min_gap_s = 0.9 / self.settings.challenge_sample_fps
         row: Challenge | None = None
         frames: list[AnswerFrame] = []
@@ -245,12 +221,7 @@ class ChallengesServicer(challenges_pb2_grpc.ChallengesServicer):
         )
 
     def _policy(self, row: Challenge) -> AnswerPolicy:
-        return AnswerPolicy(
-            thresholds=gesture_thresholds(self.settings),
-            window_s=row.gesture_window_ms / 1000,
-            max_duration_s=self.settings.challenge_ttl_s,
-            max_frame_gap_s=self.settings.challenge_max_frame_gap_ms / 1000,
-        )
+        return answer_policy(self.settings, row.gesture_window_ms / 1000)
 
     async def _signed(
         self, row: Challenge, company: str, verdict: AnswerVerdict

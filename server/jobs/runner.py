@@ -19,6 +19,7 @@ from vigil.inference.catalog import DLIB_RESNET, MINIFASNET_V1SE, MINIFASNET_V2,
 from vigil.inference.decisions import distance, is_live, is_match, similarity
 from vigil.inference.errors import VigilError
 from vigil.server.context import AppContext
+from vigil.server.jobs.gestures import GestureCheck
 from vigil.server.jobs.video import video_best, video_liveness_result
 from vigil.server.video import video_liveness
 from vigil.storage.analyses import aggregate
@@ -96,6 +97,7 @@ class AnalysisRunner:
         self.app = app
         self.thresholds = app.engine.config.thresholds
         self.video = video_liveness(app.engine, app.settings)
+        self.gestures = GestureCheck(app.engine, app.settings)
         self._handlers: dict[str, Callable[[Analysis, list[Media]], Awaitable[Outcome]]] = {
             AnalysisType.LIVENESS: self.liveness,
             AnalysisType.BIOMETRY: self.biometry,
@@ -135,7 +137,8 @@ class AnalysisRunner:
         for item in targets:
             if item.media_type == "VIDEO":
                 data = await self._bytes(item)
-                results.append(await video_liveness_result(self.video, item, data, threshold))
+                result = await video_liveness_result(self.video, item, data, threshold)
+                results.append(await self.gestures.add_to(result, item, data))
                 continue
             try:
                 data = await self._bytes(item)
