@@ -1,6 +1,11 @@
 """The raw engine ceiling: the same models and pre/post-processing, called in-process with ONNX
 Runtime directly — no gRPC, no asyncio, no batcher. What this machine can do with these models.
 
+Besides ONNX Runtime fp32 (the reference, sessions made here), it measures each other CPU
+runtime of :data:`RUNTIMES` that runs here (OpenVINO f32, and bf16 where the CPU has it),
+loaded through vigil's own backend (``load_models``: its compiled models and its choice of the
+detector's runtime) and called in-process just the same.
+
 Per request it runs exactly the server's stages with the inference package's pure functions
 (decode_image → detector.prepare → YuNet → detector.decode/rescale → align → per-face models), on
 sessions made here with the server's session options. Throughput runs the per-face models at their
@@ -23,6 +28,14 @@ import numpy as np
 import onnxruntime as ort
 
 from vigil.inference import align
+from vigil.inference.backends import (
+    REFERENCE,
+    BackendOptions,
+    Choice,
+    LoadedModel,
+    load_models,
+    runs_here,
+)
 from vigil.inference.catalog import DLIB_RESNET, MINIFASNET_V1SE, MINIFASNET_V2, YUNET, ModelSpec
 from vigil.inference.decisions import distance
 from vigil.inference.detector import decode, prepare, rescale
@@ -36,6 +49,19 @@ BATCH_CANDIDATES = (1, 8, 16, 32, 64)
 LAYOUTS = ((1, 2), (2, 1), (2, 2))
 
 Item = tuple[bytes, ...]
+#: The raw ceilings measured, the reference first: every CPU backend/precision vigil can run.
+RUNTIMES = (REFERENCE, Choice("openvino", "fp32"), Choice("openvino", "bf16"))
+RAW_SPECS = (YUNET, DLIB_RESNET, MINIFASNET_V2, MINIFASNET_V1SE)
+
+
+def runtimes_here(without_bf16: bool = False) -> list[Choice]:
+    """The runtimes of :data:`RUNTIMES` this machine runs (``without_bf16``: as if it had no
+    native bf16, the stand-in for such CPUs)."""
+    return [
+        runtime
+        for runtime in RUNTIMES
+        if runs_here(runtime) and not (without_bf16 and runtime.precision == "bf16")
+    ]
 
 
 def make_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
@@ -51,26 +77,51 @@ def make_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
 
 
 class Models:
-    """The four sessions, each ``run`` returning the first output (YuNet: all, by name)."""
+    """The four models on one runtime, each ``run`` returning the first output (YuNet: all, by
+    name). ONNX Runtime: sessions made here; other runtimes: vigil's backend (with 2 threads its
+    ``alone`` model, with 1 its one-thread-per-call model)."""
 
-    def __init__(self, models_dir: Path, intra_op_threads: int) -> None:
+    def __init__(
+        self, models_dir: Path, intra_op_threads: int, runtime: Choice = REFERENCE
+    ) -> None:
         self.intra_op_threads = intra_op_threads
-        self.sessions = {
-            spec.name: make_session(models_dir / spec.file, intra_op_threads)
-            for spec in (YUNET, DLIB_RESNET, MINIFASNET_V2, MINIFASNET_V1SE)
-        }
+        self.runtime = runtime
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.loaded: dict[str, LoadedModel] = {}
+        if runtime == REFERENCE:
+            self.sessions = {
+                spec.name: make_session(models_dir / spec.file, intra_op_threads)
+                for spec in RAW_SPECS
+            }
+        else:
+            options = BackendOptions(
+                intra_op_threads=intra_op_threads,
+                precision=runtime.precision,
+                cache_dir=models_dir.parent / "engines",
+            )
+            paths = {spec.name: models_dir / spec.file for spec in RAW_SPECS}
+            loaded = load_models(runtime.backend, options, RAW_SPECS, paths)
+            assert loaded.choice == runtime, f"{runtime} loaded as {loaded.choice}"
+            self.loaded = loaded.models
+
+    def infer(self, spec: ModelSpec, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of ``spec`` by name."""
+        if self.loaded:
+            # One thread: the backend's one-thread-per-call model (a stream per core), so that
+            # pipelines side by side run side by side, as ONNX Runtime's one-thread sessions do.
+            return self.loaded[spec.name].infer(feeds, alone=self.intra_op_threads > 1)
+        session = self.sessions[spec.name]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feeds), strict=True))
 
     def run(self, spec: ModelSpec, tensor: np.ndarray) -> np.ndarray:
-        output: np.ndarray = self.sessions[spec.name].run(None, {spec.inputs[0].name: tensor})[0]
-        return output
+        return self.infer(spec, {spec.inputs[0].name: tensor})[spec.outputs[0].name]
 
     def detect(self, data: bytes) -> tuple[np.ndarray, Face]:
         """Decode and detect; the subject (largest face) as the server picks it."""
         bgr = decode_image(data, LIMITS).bgr
         tensor, factor = prepare(bgr, 640)
-        session = self.sessions[YUNET.name]
-        names = [o.name for o in session.get_outputs()]
-        outputs = dict(zip(names, session.run(names, {"input": tensor}), strict=True))
+        outputs = self.infer(YUNET, {"input": tensor})
         faces = [
             rescale(f, factor, bgr.shape[1], bgr.shape[0])
             for f in decode(outputs, tensor.shape[2:], 0.8, 0.3)
@@ -120,6 +171,8 @@ class RawResult:
     latency_variant: str
     throughput_by_layout: dict[str, float] = field(default_factory=dict)
     latency_by_variant: dict[str, float] = field(default_factory=dict)
+    #: The runtime and precision (``str`` of a :class:`Choice`): "onnxruntime fp32", ...
+    runtime: str = str(REFERENCE)
 
 
 def best_batch_size(
@@ -231,15 +284,16 @@ def measure(
     seconds: float,
     rounds: int = 3,
     progress: Callable[[str], None] = print,
+    runtime: Choice = REFERENCE,
 ) -> tuple[list[RawResult], dict[str, dict[str, float]]]:
-    """The raw ceiling per workload, and the batch-size tables behind it."""
-    models_by_threads = {threads: Models(models_dir, threads) for threads in (1, 2)}
+    """The raw ceiling per workload on ``runtime``, and the batch-size tables behind it."""
+    models_by_threads = {threads: Models(models_dir, threads, runtime) for threads in (1, 2)}
     tables: dict[str, dict[int, float]] = {}
     best: dict[str, int] = {}
     for spec in (DLIB_RESNET, MINIFASNET_V2, MINIFASNET_V1SE):
         best[spec.name], tables[spec.name] = best_batch_size(models_by_threads[2], spec)
         progress(
-            f"raw: {spec.name} best batch {best[spec.name]} "
+            f"raw {runtime}: {spec.name} best batch {best[spec.name]} "
             f"({tables[spec.name][best[spec.name]]:.0f} faces/s alone)"
         )
     # The liveness chunk follows the slower of its two models.
@@ -255,7 +309,7 @@ def measure(
             by_layout[name] = _throughput(
                 models_by_threads[threads], workload, items, chunk, parallel, seconds
             )
-            progress(f"raw: {workload:8} {name}: {by_layout[name]:.1f} req/s")
+            progress(f"raw {runtime}: {workload:8} {name}: {by_layout[name]:.1f} req/s")
         variants = _latencies(models_by_threads, workload, items, rounds)
         layout = max(by_layout, key=lambda k: by_layout[k])
         fastest = min(variants, key=lambda k: variants[k])
@@ -269,9 +323,12 @@ def measure(
                 latency_variant=fastest,
                 throughput_by_layout=by_layout,
                 latency_by_variant=variants,
+                runtime=str(runtime),
             )
         )
-        progress(f"raw: {workload:8} single request p50 {variants[fastest]:.1f} ms ({fastest})")
+        progress(
+            f"raw {runtime}: {workload:8} single request p50 {variants[fastest]:.1f} ms ({fastest})"
+        )
     return results, {k: {str(b): r for b, r in v.items()} for k, v in tables.items()}
 
 
@@ -284,8 +341,10 @@ def recheck(
     progress: Callable[[str], None] = print,
 ) -> list[RawResult]:
     """Measure each workload's best layout and its single-request latency again; keep the higher
-    throughput and the lower latency (noise on a shared machine only ever makes things slower)."""
-    models_by_threads = {threads: Models(models_dir, threads) for threads in (1, 2)}
+    throughput and the lower latency (noise on a shared machine only ever makes things slower).
+    The results must share one runtime."""
+    runtime = next(r for r in RUNTIMES if str(r) == results[0].runtime) if results else REFERENCE
+    models_by_threads = {threads: Models(models_dir, threads, runtime) for threads in (1, 2)}
     layouts = {_layout_name(p, t): (p, t) for p, t in LAYOUTS}
     updated = []
     for result in results:
@@ -304,7 +363,7 @@ def recheck(
         best = {k: min(v, result.latency_by_variant.get(k, v)) for k, v in variants.items()}
         fastest = min(best, key=lambda k: best[k])
         progress(
-            f"raw: {result.workload:8} {result.best_layout}: {again:.1f} req/s "
+            f"raw {runtime}: {result.workload:8} {result.best_layout}: {again:.1f} req/s "
             f"(first run {result.throughput:.1f}); single request p50 "
             f"{variants[fastest]:.1f} ms (first run {result.latency_p50_ms:.1f})"
         )

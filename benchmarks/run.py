@@ -21,10 +21,11 @@ from typing import Any
 
 import grpc
 
-from benchmarks import report
+from benchmarks import report, soak
 from benchmarks.loadgen import CHANNEL_OPTIONS, LoadResult, run_load
 from benchmarks.servers import CONFIGS, ServerConfig, ServerProcess, wait_serving
 from benchmarks.workloads import METHODS, ROOT, WORKLOADS, Images, default_data_dir, request_bytes
+from vigil.inference import cpu_features
 from vigil.v1 import instant_pb2, instant_pb2_grpc
 
 
@@ -76,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="checkout whose server is started (default: this one), e.g. a "
         "`git archive` export of another commit",
     )
+    parser.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="stand in for a CPU without native bf16: servers get VIGIL_PRECISION=fp32 and the "
+        "raw OpenVINO bf16 ceiling is left out",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
     parser.add_argument(
         "--metadata",
@@ -103,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="smoke run: 2 s points, concurrency 1,4,32, short raw and peer runs",
     )
+    soak.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = min(args.duration, 2.0), min(args.warmup, 0.5)
@@ -115,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
     args.metadata = [tuple(m.split("=", 1)) for m in args.metadata]
     args.server_env = dict(e.split("=", 1) for e in args.server_env)
+    if args.no_bf16:
+        args.server_env.setdefault("VIGIL_PRECISION", "fp32")
     return args
 
 
@@ -142,8 +152,11 @@ def metadata_for(args: argparse.Namespace, target: str) -> list[tuple[str, str]]
     return given or by_target.get(target, [])
 
 
-async def sanity_check(target: str, images: Images, metadata: list[tuple[str, str]]) -> None:
-    """One call per workload, checked, so a broken server fails loudly before any sweep."""
+async def sanity_check(
+    target: str, images: Images, metadata: list[tuple[str, str]]
+) -> dict[str, str]:
+    """One call per workload, checked, so a broken server fails loudly before any sweep; returns
+    the backend and precision the server says it runs (``GetServerInfo``)."""
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         stub = instant_pb2_grpc.InstantStub(channel)
         md = metadata or None
@@ -165,6 +178,8 @@ async def sanity_check(target: str, images: Images, metadata: list[tuple[str, st
             timeout=60,
         )
         assert live.live, f"image_T1 judged a spoof (score {live.score:.2f})"
+        info = await stub.GetServerInfo(instant_pb2.GetServerInfoRequest(), metadata=md, timeout=60)
+        return {"backend": info.backend, "precision": info.precision}
 
 
 def _point_dict(config: str, workload: str, result: LoadResult) -> dict[str, Any]:
@@ -268,7 +283,8 @@ async def run_servers(
     requests = {w: request_bytes(w, images) for w in args.workloads}
     if args.server:
         await wait_serving(args.server, 30)
-        await sanity_check(args.server, images, args.metadata)
+        running = await sanity_check(args.server, images, args.metadata)
+        run["meta"]["vigil_running"] = {"target": running}
         run["configs"] = ["target"]
         run["points"] += await sweep(
             args, {"target": (args.server, None)}, requests, progress, after_workload
@@ -306,8 +322,10 @@ async def run_servers(
             await server.ready()
         if not args.metadata:  # each started server has an ADMIN key of its own
             args.metadata_by_target = {s.target: s.metadata for s in servers.values()}
-        for server in servers.values():
-            await sanity_check(server.target, images, metadata_for(args, server.target))
+        for name, server in servers.items():
+            running = await sanity_check(server.target, images, metadata_for(args, server.target))
+            run["meta"].setdefault("vigil_running", {})[name] = running
+            progress.say(f"{name} runs {running['backend']} {running['precision']}")
         sweeping = {c.name: (servers[c.name].target, servers[c.name].pid) for c in CONFIGS}
         run["points"] += await sweep(args, sweeping, requests, progress, after_workload)
         if not args.skip_raw:
@@ -362,6 +380,8 @@ def interleaved_latency(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.soak is not None:  # the soak runs alone (benchmarks/soak.py)
+        return soak.soak_from_args(args)
     images = Images.load(args.data_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "benchmarks" / "reports" / stamp
@@ -382,9 +402,14 @@ def main(argv: list[str] | None = None) -> int:
             "server_root": str(args.server_root),
             "commit": _commit(args.server_root),
             "server_env": args.server_env,
+            "cpu": cpu_features.detect().summary(),
+            "no_bf16": args.no_bf16,
         },
         "points": [],
+        #: The reference raw ceiling (ONNX Runtime fp32), which the targets compare with.
         "raw": None,
+        #: Every raw ceiling of the run by runtime ("onnxruntime fp32", "openvino bf16", ...).
+        "raw_runtimes": {},
         "peer": None,
         "overload": None,
         "interleaved": None,
@@ -398,26 +423,47 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_raw:
         from benchmarks import raw_engine
 
-        progress.say("raw engine ceiling (ONNX Runtime in-process, no gRPC) ...")
-        raw, tables = raw_engine.measure(
-            args.models_dir, items, quick_s, rounds=1 if args.quick else 3, progress=progress.say
+        runtimes = raw_engine.runtimes_here(without_bf16=args.no_bf16)
+        progress.say(
+            "raw engine ceilings (in-process, no gRPC): " + ", ".join(map(str, runtimes)) + " ..."
         )
-        run["raw"], run["raw_batch_tables"] = [dataclasses.asdict(r) for r in raw], tables
-        by_workload = {r.workload: r for r in raw}
-
-        def recheck_raw(workload: str) -> None:
-            """The raw ceiling again, next in time to this workload's server points (servers
-            idle); the higher of the two runs is kept."""
-            progress.say(f"raw engine again for {workload} (the higher of the two runs is kept)")
-            (by_workload[workload],) = raw_engine.recheck(
+        by_runtime: dict[str, dict[str, raw_engine.RawResult]] = {}
+        run["raw_batch_tables"] = {}
+        for runtime in runtimes:
+            raw, tables = raw_engine.measure(
                 args.models_dir,
                 items,
-                [by_workload[workload]],
                 quick_s,
                 rounds=1 if args.quick else 3,
                 progress=progress.say,
+                runtime=runtime,
             )
-            run["raw"] = [dataclasses.asdict(r) for r in by_workload.values()]
+            by_runtime[str(runtime)] = {r.workload: r for r in raw}
+            run["raw_batch_tables"][str(runtime)] = tables
+
+        def record_raw() -> None:
+            run["raw_runtimes"] = {
+                name: [dataclasses.asdict(r) for r in results.values()]
+                for name, results in by_runtime.items()
+            }
+            run["raw"] = run["raw_runtimes"][str(raw_engine.RUNTIMES[0])]
+
+        record_raw()
+
+        def recheck_raw(workload: str) -> None:
+            """The raw ceilings again, next in time to this workload's server points (servers
+            idle); the higher of the two runs is kept."""
+            progress.say(f"raw engine again for {workload} (the higher of the two runs is kept)")
+            for results in by_runtime.values():
+                (results[workload],) = raw_engine.recheck(
+                    args.models_dir,
+                    items,
+                    [results[workload]],
+                    quick_s,
+                    rounds=1 if args.quick else 3,
+                    progress=progress.say,
+                )
+            record_raw()
 
     asyncio.run(
         run_servers(args, images, out, progress, run, None if args.skip_raw else recheck_raw)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FACES, SPOOF, read
+from vigil.inference.backends import candidates
 from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
 
 Stub = instant_pb2_grpc.InstantStub
@@ -133,5 +134,7 @@ def test_server_info_lists_the_catalog(stub: Stub) -> None:
     names = [m.ref.name for m in info.models]
     assert names == ["yunet", "dlib-resnet", "minifasnet-v2", "minifasnet-v1se"]
     assert all(len(m.ref.sha256) == 64 for m in info.models)
-    assert info.backend == "onnxruntime"
+    # The default, auto, resolved (OpenVINO bf16 where the CPU has native bf16).
+    resolved = candidates("auto", "auto")[0]
+    assert (info.backend, info.precision) == (resolved.backend, resolved.precision)
     assert info.liveness_threshold == pytest.approx(0.5)

@@ -54,6 +54,7 @@ SERVER_ONLY = frozenset(
     {
         "vigil",
         "onnxruntime",
+        "openvino",
         "opencv-python",
         "opencv-python-headless",
         "av",

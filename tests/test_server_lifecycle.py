@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 import vigil.client as sdk
 from tests.conftest import FACES, SPOOF, ServerThread, make_settings, read
 from vigil.inference import catalog
+from vigil.inference.backends import candidates
 from vigil.inference.errors import ModelError
 from vigil.inference.media import DecodedImage
 from vigil.inference.types import Face
@@ -203,7 +204,7 @@ async def test_async_client(server: ServerThread) -> None:
         other = await client.verify(FACES / "biden.jpg", made.template)
         assert not other.match
         info = await client.server_info()
-        assert info.backend == "onnxruntime"
+        assert info.backend == candidates("auto", "auto")[0].backend  # the default, resolved
         with pytest.raises(sdk.VigilRpcError) as caught:
             await client.detect(b"GIF89a" + bytes(100))
         error = caught.value

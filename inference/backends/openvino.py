@@ -1,13 +1,16 @@
 """OpenVINO on the CPU: f32 everywhere, bf16 where the CPU has bf16 instructions.
 
 Like the ONNX Runtime backend, each model is compiled twice from the same file: ``wide`` (one
-stream, every allowed thread, latency hint) for a call that runs ``alone``, and ``narrow`` (one
-thread per stream, as many streams as threads) for calls that run beside others. Compiled models
-are cached on disk (OpenVINO's ``CACHE_DIR``), so a restart skips the compilation.
+stream, ``intra_op_threads`` threads, latency hint) for a call that runs ``alone``, and ``narrow``
+(one thread per stream, a stream per core) for calls that run beside others. A compiled model runs
+one call per stream at a time, so ``narrow`` has a stream per core even when ``intra_op_threads``
+is 1 (ONNX Runtime's one-thread calls are not limited that way). Compiled models are cached on
+disk (OpenVINO's ``CACHE_DIR``), so a restart skips the compilation.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 from pathlib import Path
 from typing import Any
@@ -104,15 +107,16 @@ class OpenVinoBackend:
             },
         )
         narrow = None
-        if threads > 1:
+        cores = max(1, os.cpu_count() or 1)
+        if cores > 1 or threads > 1:
             narrow = self._compile(
                 spec,
                 path,
                 {
                     **common,
                     "PERFORMANCE_HINT": "THROUGHPUT",
-                    "NUM_STREAMS": threads,
-                    "INFERENCE_NUM_THREADS": threads,
+                    "NUM_STREAMS": cores,
+                    "INFERENCE_NUM_THREADS": cores,
                 },
             )
         return OpenVinoModel(spec, options.precision, wide, narrow)
