@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def test_nul_characters_are_refused_at_the_edge(
             yield fp.UploadMediaRequest(header=header)
             yield fp.UploadMediaRequest(chunk=read(FACES / "obama.jpg"))
 
-        refused(lambda p=parts: folders.UploadMedia(p(), metadata=md), INVALID, field, "NUL")
+        refused(partial(folders.UploadMedia, parts(), metadata=md), INVALID, field, "NUL")
     with api_server.channel() as channel:
         admin = auth_pb2_grpc.AdminStub(channel)
         refused(
@@ -166,6 +167,16 @@ def test_bounded_queries_and_writes(
         "meta has 3000 entries",
         "VIGIL_LIST_MAX_FILTERS",
     )
+    refused(
+        partial(
+            folders.ListFolders,
+            fp.ListFoldersRequest(resolutions=[fp.RESOLUTION_SUCCESS] * 100),
+            metadata=md,
+        ),
+        INVALID,
+        "resolutions has 100 entries",
+        "VIGIL_LIST_MAX_FILTERS",
+    )
     folder = folders.CreateFolder(fp.CreateFolderRequest(meta={"a": "1"}), metadata=md)
     remove = [f"k{i}" for i in range(70_000)]
     refused(
@@ -217,15 +228,15 @@ def test_page_tokens_are_authenticated_and_checked(
         admin = auth_pb2_grpc.AdminStub(channel)
         for token in forged[:-1]:
             refused(
-                lambda t=token: folders.ListFolders(
-                    fp.ListFoldersRequest(page_token=t), metadata=md
-                ),
+                partial(folders.ListFolders, fp.ListFoldersRequest(page_token=token), metadata=md),
                 INVALID,
                 "page_token",
             )
             refused(
-                lambda t=token: admin.ListAuditEvents(
-                    auth_pb2.ListAuditEventsRequest(page_token=t), metadata=md
+                partial(
+                    admin.ListAuditEvents,
+                    auth_pb2.ListAuditEventsRequest(page_token=token),
+                    metadata=md,
                 ),
                 INVALID,
                 "page_token",
@@ -264,19 +275,20 @@ def test_timestamps_out_of_range(
         admin = auth_pb2_grpc.AdminStub(channel)
         for stamp, word in cases:
             refused(
-                lambda s=stamp: folders.ListFolders(
-                    fp.ListFoldersRequest(created_after=s), metadata=md
+                partial(
+                    folders.ListFolders, fp.ListFoldersRequest(created_after=stamp), metadata=md
                 ),
                 INVALID,
                 f"created_after.{word}",
             )
             refused(
-                lambda s=stamp: admin.CreateApiKey(
+                partial(
+                    admin.CreateApiKey,
                     auth_pb2.CreateApiKeyRequest(
                         name="k",
                         role=auth_pb2.ROLE_CLIENT,
                         result_mode=auth_pb2.RESULT_MODE_FULL,
-                        expires_at=s,
+                        expires_at=stamp,
                     ),
                     metadata=md,
                 ),
@@ -310,7 +322,7 @@ def test_requests_that_do_not_parse_are_invalid_argument(api_server: ServerThrea
         for method in ("/vigil.v1.Folders/GetFolder", "/vigil.v1.Auth/Login"):
             call = _raw(channel, method)
             for name, body in bodies.items():
-                details = refused(lambda b=body, c=call: c(b, timeout=30), INVALID, "not a valid")
+                details = refused(partial(call, body, timeout=30), INVALID, "not a valid")
                 assert "vigil.v1." in details, (name, details)
     still_serving(api_server)
 
@@ -327,11 +339,12 @@ def test_verify_refuses_templates_that_overflow(api_server: ServerThread) -> Non
                 values=[big] * 128, model=extracted.model, model_version=extracted.model_version
             )
             refused(
-                lambda t=template: stub.Verify(
+                partial(
+                    stub.Verify,
                     instant_pb2.VerifyRequest(
-                        a=instant_pb2.FaceInput(template=t),
+                        a=instant_pb2.FaceInput(template=template),
                         b=instant_pb2.FaceInput(template=extracted),
-                    )
+                    ),
                 ),
                 INVALID,
                 "template",

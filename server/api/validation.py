@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from vigil.inference.errors import InvalidArgument, InvalidTemplate
@@ -61,6 +61,10 @@ _ID_BOUND = 128
 #: setting that names it.
 _COUNTED: dict[tuple[str, str], tuple[str, str]] = {
     ("vigil.v1.ListFoldersRequest", "meta"): ("list_max_filters", "VIGIL_LIST_MAX_FILTERS"),
+    ("vigil.v1.ListFoldersRequest", "resolutions"): (
+        "list_max_filters",
+        "VIGIL_LIST_MAX_FILTERS",
+    ),
     ("vigil.v1.CreateAnalysesRequest", "analyses"): (
         "max_analyses_per_call",
         "VIGIL_MAX_ANALYSES_PER_CALL",
@@ -127,8 +131,8 @@ def reader(limits: RequestLimits) -> Callable[[bytes, Callable[[bytes], Message]
 
 def check(message: Message, limits: RequestLimits, path: str = "") -> None:
     """Refuse ``message`` (INVALID_ARGUMENT naming the field) if any field breaks a rule."""
-    descriptor: Descriptor = message.DESCRIPTOR
-    if descriptor.full_name == "google.protobuf.Timestamp":
+    kind = message.DESCRIPTOR.full_name
+    if kind == "google.protobuf.Timestamp":
         _check_timestamp(message, path or "timestamp")
         return
     for field, value in message.ListFields():
@@ -136,11 +140,11 @@ def check(message: Message, limits: RequestLimits, path: str = "") -> None:
         if _is_map(field):
             _check_map(field, value, limits, name)
         elif field.is_repeated:
-            _check_count(descriptor.full_name, field, len(value), limits, name)
+            _check_count(kind, field, len(value), limits, name)
             for index, item in enumerate(value):
-                _check_value(descriptor.full_name, field, item, limits, f"{name}[{index}]")
+                _check_value(kind, field, item, limits, f"{name}[{index}]")
         else:
-            _check_value(descriptor.full_name, field, value, limits, name)
+            _check_value(kind, field, value, limits, name)
 
 
 def _is_map(field: FieldDescriptor) -> bool:
