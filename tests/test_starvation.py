@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -150,7 +150,8 @@ def _seed_heavy_company(server: ServerThread, company_id: str) -> None:
 
     def work(session: Session) -> None:
         now = utcnow()
-        rows, meta_rows = [], []
+        rows: list[dict[str, object]] = []
+        meta_rows: list[dict[str, object]] = []
         for i in range(HEAVY_FOLDERS):
             folder_id = uuid.uuid4().hex
             meta = {f"k{k:02d}": value if k % 2 else f"{value}{i % 7}" for k in range(HEAVY_KEYS)}
@@ -218,7 +219,7 @@ def test_a_tenants_heavy_list_folders_do_not_stall_another_company(
         folder_stub = folders_pb2_grpc.FoldersStub(channel)
         instant = instant_pb2_grpc.InstantStub(channel)
         folder = folder_stub.CreateFolder(fp.CreateFolderRequest(meta={"who": "bystander"}))
-        calls = {
+        calls: dict[str, Callable[[], object]] = {
             "GetServerInfo": lambda: instant.GetServerInfo(
                 instant_pb2.GetServerInfoRequest(), timeout=10
             ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -82,13 +83,15 @@ class AnalysisWorkers:
         self._held.clear()
         for worker, ids in by_worker.items():
             try:
-                released = await self.app.db(
-                    lambda s, ids=ids, worker=worker: analyses.release(ids, worker, session=s)
-                )
+                released = await self.app.db(functools.partial(self._release, ids, worker))
             except Exception:  # the leases run out anyway
                 log.warning("could not hand back %d analyses; their leases will expire", len(ids))
                 continue
             log.info("handed back %d unfinished analyses", released)
+
+    @staticmethod
+    def _release(ids: list[str], worker: str, session: Session) -> int:
+        return analyses.release(ids, worker, session=session)
 
     async def _claim(self, worker: str) -> Analysis | None:
         """Claim a job; a stop that arrives meanwhile still learns what was claimed."""
