@@ -20,6 +20,8 @@ from tests.conftest import FACES, ServerThread, make_settings, read
 from vigil.v1 import (
     auth_pb2,
     auth_pb2_grpc,
+    collections_pb2,
+    collections_pb2_grpc,
     common_pb2,
     folders_pb2_grpc,
     instant_pb2,
@@ -226,7 +228,18 @@ def test_page_tokens_are_authenticated_and_checked(
     ]
     with api_server.channel() as channel:
         admin = auth_pb2_grpc.AdminStub(channel)
+        collections = collections_pb2_grpc.CollectionsStub(channel)
+        collections.CreateCollection(collections_pb2.CreateCollectionRequest(name="c"), metadata=md)
         for token in forged[:-1]:
+            refused(
+                partial(
+                    collections.ListFaces,
+                    collections_pb2.ListFacesRequest(collection="c", page_token=token),
+                    metadata=md,
+                ),
+                INVALID,
+                "page_token",
+            )
             refused(
                 partial(folders.ListFolders, fp.ListFoldersRequest(page_token=token), metadata=md),
                 INVALID,
@@ -357,6 +370,29 @@ def test_verify_refuses_templates_that_overflow(api_server: ServerThread) -> Non
             )
         )
         assert reply.match and reply.distance < 1e-4
+
+
+def test_search_thresholds_are_bounded(api_server: ServerThread, md: Any) -> None:
+    """SearchRequest.threshold, the Instant side's caller-chosen threshold: finite, in (0, 2]."""
+    with api_server.channel() as channel:
+        stub = collections_pb2_grpc.CollectionsStub(channel)
+        stub.CreateCollection(collections_pb2.CreateCollectionRequest(name="s"), metadata=md)
+        image = common_pb2.Media(data=read(FACES / "obama.jpg"))
+        for value, word in ((float("nan"), "NaN"), (float("inf"), "infinite"), (5.0, "(0, 2]")):
+            refused(
+                partial(
+                    stub.Search,
+                    collections_pb2.SearchRequest(collection="s", image=image, threshold=value),
+                    metadata=md,
+                ),
+                INVALID,
+                "threshold",
+                word,
+            )
+        found = stub.Search(
+            collections_pb2.SearchRequest(collection="s", image=image, threshold=0.5), metadata=md
+        )
+        assert found.threshold == 0.5 and list(found.hits) == []
 
 
 def test_stream_liveness_refuses_a_second_start(api_server: ServerThread) -> None:

@@ -6,13 +6,14 @@ import numpy as np
 from sqlmodel import Session
 
 from vigil.inference.catalog import DLIB_RESNET
-from vigil.inference.errors import InvalidArgument
+from vigil.inference.errors import InvalidArgument, PermissionDenied
 from vigil.inference.types import Subject
 from vigil.server.api import collections_converters as cc
 from vigil.server.api import converters as conv
 from vigil.server.context import AppContext
 from vigil.server.rpc import Context
-from vigil.server.security.principal import acting_company
+from vigil.server.security.permissions import may_choose_threshold
+from vigil.server.security.principal import acting_company, current_principal
 from vigil.storage import collections as repo
 from vigil.storage import folders
 from vigil.storage.common import page_size
@@ -135,6 +136,11 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
         company_id = acting_company()
         name = cc.require_collection(request.collection)
         top_k = cc.top_k_of(request.top_k)
+        principal = current_principal()
+        if request.threshold and not may_choose_threshold(principal.role, principal.result_mode):
+            # the permission table already keeps SAFE credentials out of Search; this holds even
+            # if it changes
+            raise PermissionDenied("a SAFE (front-end) credential may not choose a threshold")
         threshold = cc.threshold_of(
             request.threshold, self.app.engine.config.thresholds.search_distance
         )
