@@ -283,9 +283,13 @@ def test_bad_requests(
 
 
 def test_another_company_gets_not_found(
-    stub: collections_pb2_grpc.CollectionsStub, company: Metadata, enrolled: dict[str, str]
+    stub: collections_pb2_grpc.CollectionsStub,
+    company: Metadata,
+    enrolled: dict[str, str],
+    api_server: ServerThread,
 ) -> None:
     other: Metadata = ((company[0][0], company[0][1] + "-other"),)
+    api_server.ensure_company(other[0][1])
     face_id = next(iter(enrolled))
     nf = grpc.StatusCode.NOT_FOUND
     expect(
@@ -427,6 +431,7 @@ def test_add_face_from_an_uploaded_media(
     assert reply.hits[0].face.source_media_id == media_id
     # Another company's media is not found.
     other: Metadata = ((company[0][0], company[0][1] + "-other"),)
+    api_server.ensure_company(other[0][1])
     create(stub, other, "orl")
     expect(
         grpc.StatusCode.NOT_FOUND,
