@@ -8,6 +8,7 @@ import base64
 import json
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def test_a_safe_credential_may_not_choose_a_threshold(
                 folder_id=folder.id, analyses=[fp.AnalysisRequest(type=kind, threshold=value)]
             )
             _refused(
-                lambda r=request: stub.CreateAnalyses(r),
+                partial(stub.CreateAnalyses, request),
                 grpc.StatusCode.PERMISSION_DENIED,
                 "SAFE",
                 "threshold",
@@ -122,7 +123,7 @@ def test_a_chosen_threshold_is_bounded_finite_and_signed(
                 folder_id=folder.id, analyses=[fp.AnalysisRequest(type=kind, threshold=value)]
             )
             _refused(
-                lambda r=request: stub.CreateAnalyses(r),
+                partial(stub.CreateAnalyses, request),
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "threshold",
                 word,
@@ -213,3 +214,27 @@ def test_an_admin_naming_an_unknown_company_gets_not_found(api_server: ServerThr
         admin.CreateCompany(auth_pb2.CreateCompanyRequest(name=typo))  # the explicit way works
         created = stub.CreateFolder(fp.CreateFolderRequest(), metadata=(("vigil-company", typo),))
         assert created.id
+
+
+def test_the_verifier_reads_the_scope_it_cannot_miss() -> None:
+    """Offline, on a key of the test's own: a token naming an analysis is an analysis's verdict
+    even without a scope claim (tokens signed before the claim existed); a scope that does not
+    fit its claims is INVALID; a folder's verdict passes by default."""
+    from tests.test_verdicts import OwnKey, verdict_claims
+
+    key = OwnKey()
+    folder = verify_verdict(key.sign(verdict_claims(scope="folder")), key.jwks)
+    assert (folder.scope, folder.analysis) == ("folder", None)
+    legacy = key.sign(verdict_claims(analysis="a-1"))
+    for token in (legacy, key.sign(verdict_claims(analysis="a-1", scope="analysis"))):
+        with pytest.raises(VerdictError) as caught:
+            verify_verdict(token, key.jwks, expected_folder="f-1", expected_transaction_id="tx-1")
+        assert caught.value.reason == "ANALYSIS_SCOPE"
+        assert verify_verdict(token, key.jwks, expected_analysis_id="a-1").analysis == "a-1"
+        with pytest.raises(VerdictError) as other:
+            verify_verdict(token, key.jwks, expected_analysis_id="a-2")
+        assert other.value.reason == "WRONG_ANALYSIS"
+    for claims in (verdict_claims(scope="folder", analysis="a-1"), verdict_claims(scope="all")):
+        with pytest.raises(VerdictError) as bad:
+            verify_verdict(key.sign(claims), key.jwks, expected_analysis_id="a-1")
+        assert bad.value.reason == "INVALID"
