@@ -19,10 +19,11 @@ from benchmarks.decode_accuracy import (
     synthetic_photo,
     today,
 )
-from tests.conftest import FACES
+from tests.conftest import FACES, SPOOF
 from vigil.inference import tiling
 from vigil.inference.decisions import distance
 from vigil.inference.detector import detector_size
+from vigil.inference.media import ImageLimits, probe
 from vigil.inference.types import Face
 
 
@@ -68,6 +69,31 @@ def test_a_small_face_is_found_and_matches(
     assert found.faces, f"no face found in the {width}×{height} photo"
     assert iou(found.faces[0].box, truth) > 0.7, (found.faces[0].box, truth)
     # obama2 against obama measures 0.41-0.45 at every size here (0.39 at full size).
+    assert distance(reference, np.asarray(found.value)) < 0.55
+
+
+def with_orientation_of(data: bytes, donor: bytes) -> bytes:
+    """``data`` (a JPEG from OpenCV: SOI, APP0) with ``donor``'s EXIF segment (orientation)."""
+    start = donor.index(b"\xff\xe1")
+    length = int.from_bytes(donor[start + 2 : start + 4], "big")
+    app0_end = 4 + int.from_bytes(data[4:6], "big")
+    return data[:app0_end] + donor[start : start + 2 + length] + data[app0_end:]
+
+
+def test_a_small_face_in_a_photo_stored_sideways_is_found_upright(
+    models: Models, source: tuple[np.ndarray, Face], reference: np.ndarray
+) -> None:
+    """Stored 8000×6000 with EXIF orientation 6 (as the spoof samples are): the closer look's
+    tiles are planned from the header's sides and must follow the upright image's."""
+    data, truth = synthetic_photo(6000, 8000, 100, (0.2, 0.6), *source, faceless_background())
+    upright = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert upright is not None
+    stored = cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    encoded = cv2.imencode(".jpg", stored, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    sideways = with_orientation_of(encoded, (SPOOF / "image_T1.jpg").read_bytes())
+    assert probe(sideways, ImageLimits())[1:] == (8000, 6000)  # the header's sides: landscape
+    found = engine(models, models.finder(), sideways, "embedding")
+    assert found.faces and iou(found.faces[0].box, truth) > 0.7, (found.faces, truth)
     assert distance(reference, np.asarray(found.value)) < 0.55
 
 
