@@ -90,7 +90,7 @@ class Choice:
 REFERENCE = Choice("onnxruntime", "fp32")
 #: Models that run on the reference (ONNX Runtime fp32) whatever the backend. YuNet's landmarks
 #: place every face chip and liveness crop: in bf16 they moved the samples' embeddings by up to
-#: 0.042 (the gate allows 0.02; 0.0095 with YuNet in fp32), and OpenVINO f32 runs YuNet 1.5-2x
+#: 0.042 (the gate allows 0.02; 0.0095 with YuNet in fp32), and OpenVINO f32 runs YuNet 1.4-2.3x
 #: slower than ONNX Runtime on this CPU, where OpenVINO bf16 only equals it.
 ON_REFERENCE: dict[str, frozenset[str]] = {"openvino": frozenset({YUNET.name})}
 #: The CPU backends/precisions ``auto`` may choose, fastest first; each one but the reference is
