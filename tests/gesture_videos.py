@@ -28,8 +28,6 @@ import onnxruntime as ort
 from vigil.inference.facemesh import mesh_crop, mesh_from_outputs
 from vigil.inference.gestures.signals import MOUTH_CORNERS
 
-from .videos import fit
-
 #: FaceMesh's eye contours (the rings around each eye).
 RIGHT_EYE_RING = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 LEFT_EYE_RING = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
@@ -48,13 +46,29 @@ class Still:
 def analyse_still(
     photo: Path, models_dir: Path, width: int = 360, height: int = 480, mirror: bool = False
 ) -> Still:
-    """The photo fitted to width×height (mirrored if asked) and FaceMesh's reading of it."""
-    bgr = cv2.imread(str(photo))
-    assert bgr is not None, photo
-    bgr = fit(cv2.flip(bgr, 1) if mirror else bgr, width, height)
+    """The photo framed as a selfie camera would (the face a third of the width, centred, with
+    room above and below), mirrored if asked, and FaceMesh's reading of it."""
+    photo_bgr = cv2.imread(str(photo))
+    assert photo_bgr is not None, photo
+    if mirror:
+        photo_bgr = cv2.flip(photo_bgr, 1)
     detector = cv2.FaceDetectorYN.create(
-        str(models_dir / "face_detection_yunet_2026may.onnx"), "", (width, height)
+        str(models_dir / "face_detection_yunet_2026may.onnx"), "", photo_bgr.shape[1::-1]
     )
+    _, found = detector.detect(photo_bgr)
+    assert found is not None and len(found), photo
+    fx, fy, fw, fh = (float(v) for v in found[0][:4])
+    scale = width / 3 / fw
+    matrix = np.array(
+        [
+            [scale, 0, width / 2 - (fx + fw / 2) * scale],
+            [0, scale, height * 0.42 - (fy + fh / 2) * scale],
+        ]
+    )
+    bgr = cv2.warpAffine(
+        photo_bgr, matrix, (width, height), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT
+    )
+    detector.setInputSize((width, height))
     _, faces = detector.detect(bgr)
     assert faces is not None and len(faces), photo
     box = tuple(float(v) for v in faces[0][:4])

@@ -160,16 +160,36 @@ def reasons(verdict: challenges_pb2.ChallengeVerdict) -> dict[str, bool]:
 
 
 def test_a_still_photo_as_video_fails_every_gesture(
-    stub: challenges_pb2_grpc.ChallengesStub,
+    stub: challenges_pb2_grpc.ChallengesStub, stills: dict[str, Still]
 ) -> None:
-    for pair in [(G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER), (G.GESTURE_TURN_LEFT, G.GESTURE_TILT_UP),
-                 (G.GESTURE_TURN_RIGHT, G.GESTURE_TILT_DOWN)]:  # fmt: skip
-        challenge = create(stub, *pair)
-        still = encode(motion_frames(FACES / "obama.jpg", 60, 360, 480, seed=sum(pair)))
-        verdict = answer(stub, challenge, still)
-        assert not verdict.passed and verdict.resolution == "DECLINED"
-        assert [g.passed for g in verdict.gestures] == [False, False], explain(verdict)
-        assert verdict.gestures[0].reason  # what the signal reached, and what it needed
+    """Each photo framed as a selfie, filmed still (a small sway, sensor noise) for 4 s."""
+    pairs = [
+        (G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER),
+        (G.GESTURE_TURN_LEFT, G.GESTURE_TILT_UP),
+        (G.GESTURE_TURN_RIGHT, G.GESTURE_TILT_DOWN),
+    ]
+    for photo in ("obama", "biden"):
+        for pair in pairs:
+            challenge = create(stub, *pair)
+            frames = gesture_frames(
+                stills[photo], [("neutral", 4.0)], seed=200 + sum(pair) + 50 * (photo == "biden")
+            )
+            verdict = answer(stub, challenge, encode(frames))
+            assert not verdict.passed and verdict.resolution == "DECLINED"
+            assert [g.passed for g in verdict.gestures] == [False, False], explain(verdict)
+            assert verdict.gestures[0].reason  # what the signal reached, and what it needed
+            assert all(c.passed for c in verdict.checks if c.name != "replay"), explain(verdict)
+
+
+def test_a_face_cut_by_the_frame_cannot_answer(stub: challenges_pb2_grpc.ChallengesStub) -> None:
+    """The photo fitted with the forehead cut by the frame's top (FaceMesh then reads pose jumps
+    of 20° and more): its frames give no gesture samples, and the answer is declined."""
+    challenge = create(stub, G.GESTURE_TILT_UP, G.GESTURE_TILT_DOWN)
+    cut = encode(motion_frames(FACES / "biden.jpg", 45, 360, 480, seed=1))
+    verdict = answer(stub, challenge, cut)
+    assert not verdict.passed
+    faces = next(c for c in verdict.checks if c.name == "single_face")
+    assert not faces.passed and "inside the frame" in faces.detail, explain(verdict)
 
 
 def test_gestures_out_of_order_fail(

@@ -99,6 +99,14 @@ class FramesDigest:
         return self._digest.hexdigest()
 
 
+def fully_in_view(face: Face, width: int, height: int, margin: float = 0.02) -> bool:
+    """The face's box keeps ``margin`` × the image's shorter side from every edge (YuNet clips
+    a box cut by the edge onto it, and a box a few pixels from the edge is usually cut too)."""
+    x, y, w, h = face.box
+    gap = margin * min(width, height)
+    return x >= gap and y >= gap and x + w <= width - gap and y + h <= height - gap
+
+
 def frames_digest(frames: Sequence[AnswerFrame]) -> str:
     digest = FramesDigest()
     for frame in frames:
@@ -127,6 +135,10 @@ class AnswerVerifier:
             self.engine.in_thread(face_quality, image.bgr, face),
         )
         frame.face, frame.embedding, frame.quality = face, embedding, quality.value
+        if not fully_in_view(face, image.width, image.height):
+            # FaceMesh would read a face cut by the frame's edge from padding: its pose and eyes
+            # are unreliable (a still with the forehead cut read pitch jumps of 20°+)
+            return
         signals = frame_signals(mesh.points, image.width, image.height)
         frame.sample = Sample(frame.index, frame.time_s, signals)
 
@@ -227,10 +239,10 @@ class AnswerVerifier:
             return Check(
                 "single_face",
                 False,
-                f"a face in {with_face} of {len(frames)} frames; "
+                f"a whole face (inside the frame) in {with_face} of {len(frames)} frames; "
                 f"{policy.min_face_share:.0%} needed",
             )
-        return Check("single_face", True, f"one face in {with_face} of {len(frames)} frames")
+        return Check("single_face", True, f"one whole face in {with_face} of {len(frames)} frames")
 
     def _identity(self, frames: Sequence[AnswerFrame]) -> Check:
         """Every face is the first face's person (embedding distance below the match threshold)."""
