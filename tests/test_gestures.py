@@ -264,3 +264,52 @@ def test_the_default_backend_reads_the_signals_as_onnx_runtime_fp32(models_dir: 
         for loaded in (reference, default):
             for model in loaded.models.values():
                 model.unload()
+
+
+def test_facemesh_landmarks_land_on_the_face_in_image_pixels(models_dir: Path) -> None:
+    """The crop → landmarks → image mapping: FaceMesh's eye and mouth corners sit next to YuNet's
+    landmarks on the real photos, and move with the image when it is shifted and scaled."""
+    import cv2
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(models_dir / FACEMESH.file))
+    detector = cv2.FaceDetectorYN.create(
+        str(models_dir / "face_detection_yunet_2026may.onnx"), "", (320, 320)
+    )
+
+    def read(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        detector.setInputSize(bgr.shape[1::-1])
+        _, faces = detector.detect(bgr)
+        box = tuple(float(v) for v in faces[0][:4])
+        crop = mesh_crop(bgr, box)  # type: ignore[arg-type]
+        mesh, flag, _ = session.run(None, {"input_1": crop.tensor[None]})
+        found = mesh_from_outputs({"output_mesh": mesh[0], "output_faceflag": flag[0]}, crop)
+        return found.points[:, :2], faces[0][4:14].reshape(5, 2), found.presence
+
+    for name in ("obama.jpg", "obama3.jpg", "biden.jpg"):
+        bgr = cv2.imread(str(FACES / name))
+        assert bgr is not None
+        points, yunet, presence = read(bgr)
+        assert presence > 0.99
+        eyes = [(points[33] + points[133]) / 2, (points[263] + points[362]) / 2]
+        ocular = float(np.linalg.norm(eyes[1] - eyes[0]))
+        near = [*eyes, points[61], points[291]]
+        for mine, theirs in zip(near, [yunet[0], yunet[1], yunet[3], yunet[4]], strict=True):
+            assert np.linalg.norm(mine - theirs) < 0.2 * ocular, name
+        # the same photo shifted by (40, 25) px and scaled by 0.75
+        matrix = np.array([[0.75, 0, 40], [0, 0.75, 25]])
+        moved = cv2.warpAffine(bgr, matrix, bgr.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+        expected = points * 0.75 + (40, 25)
+        moved_points, _, _ = read(moved)
+        assert np.median(np.linalg.norm(moved_points - expected, axis=1)) < 0.03 * ocular, name
+
+
+def test_noise_is_not_a_face(models_dir: Path) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(models_dir / FACEMESH.file))
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    crop = mesh_crop(noise, (50.0, 50.0, 150.0, 150.0))
+    mesh, flag, _ = session.run(None, {"input_1": crop.tensor[None]})
+    found = mesh_from_outputs({"output_mesh": mesh[0], "output_faceflag": flag[0]}, crop)
+    assert found.presence < 0.01 and found.points.shape == (468, 3)
