@@ -132,7 +132,7 @@ def test_declared_content_type_is_not_trusted(stub: Stub) -> None:
 def test_server_info_lists_the_catalog(stub: Stub) -> None:
     info = stub.GetServerInfo(instant_pb2.GetServerInfoRequest())
     names = [m.ref.name for m in info.models]
-    assert names == ["yunet", "dlib-resnet", "minifasnet-v2", "minifasnet-v1se"]
+    assert names == ["yunet", "dlib-resnet", "minifasnet-v2", "minifasnet-v1se", "facemesh"]
     assert all(len(m.ref.sha256) == 64 for m in info.models)
     # The default, auto, resolved (OpenVINO bf16 where the CPU has native bf16).
     resolved = candidates("auto", "auto")[0]
