@@ -102,49 +102,56 @@ MAX_DEPTH = 4
 
 
 class Requests:
-    """Strategies of request messages, from their descriptors, with the ids of real objects."""
+    """Strategies of request messages, from their descriptors, with the ids of real objects.
+
+    A message is hostile (any value: NUL, 5,000 characters, NaN, 2^63, unknown enums, random
+    bytes) or plausible (real ids, short names, valid enums, small numbers, the real image), so
+    that examples also get past the first check to the paths behind it.
+    """
 
     def __init__(self, ids: list[str], image: bytes) -> None:
-        # Mostly plausible values, so that examples get past the first check to the paths
-        # behind it; hostile ones often enough to meet every check.
         plain = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-.@", min_size=1, max_size=16)
         text = st.text(st.characters(codec="utf-8"), max_size=24)
         edge = st.sampled_from(["", "\x00", "id\x00", "x" * 5000, "é" * 300, "../../etc"])
         real = st.sampled_from(ids)
-        self.strings = st.one_of(real, real, plain, plain, text, edge)
-        self.bytes = st.one_of(st.just(image), st.just(image), st.binary(max_size=64))
-        self.floats = st.one_of(st.floats(0, 1), st.floats(0, 1), st.floats(width=32))
+        self.plausible_strings = st.one_of(real, real, real, plain)
+        self.strings = st.one_of(real, plain, text, edge)
+        self.image = st.just(image)
+        self.bytes = st.one_of(self.image, st.binary(max_size=64))
+        self.floats = st.one_of(st.floats(0, 1), st.floats(width=32))
 
-    def scalar(self, field: FieldDescriptor) -> st.SearchStrategy[Any]:
+    def scalar(self, field: FieldDescriptor, plausible: bool) -> st.SearchStrategy[Any]:
         kind = field.type
         if kind == _T.TYPE_STRING:
-            return self.strings
+            return self.plausible_strings if plausible else self.strings
         if kind == _T.TYPE_BYTES:
-            return self.bytes
+            return self.image if plausible else self.bytes
         if kind == _T.TYPE_BOOL:
             return st.booleans()
-        if kind == _T.TYPE_FLOAT:
-            return self.floats
-        if kind == _T.TYPE_DOUBLE:
-            return st.one_of(self.floats, st.floats())
+        if kind in (_T.TYPE_FLOAT, _T.TYPE_DOUBLE):
+            return st.floats(0.05, 1.0) if plausible else st.one_of(self.floats, st.floats())
         if kind == _T.TYPE_ENUM:
             assert field.enum_type is not None
             numbers = [v.number for v in field.enum_type.values]
-            return st.one_of(st.sampled_from(numbers), st.sampled_from([*numbers, -1, 99]))
+            return st.sampled_from(numbers if plausible else [*numbers, -1, 99])
         low, high = _INT_RANGES[kind]
-        plausible = st.integers(max(low, -3), min(high, 1000))
-        return st.one_of(plausible, plausible, st.integers(low, high))
+        small = st.integers(max(low, 0), min(high, 50))
+        return small if plausible else st.one_of(small, st.integers(low, high))
 
     @cache  # noqa: B019 (one instance per test, a handful of descriptors)
-    def message(self, descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
-        return st.composite(lambda draw: self._build(draw, descriptor, depth))()
+    def message(
+        self, descriptor: Descriptor, plausible: bool, depth: int = 0
+    ) -> st.SearchStrategy[Message]:
+        return st.composite(lambda draw: self._build(draw, descriptor, plausible, depth))()
 
-    def _value(self, field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
+    def _value(self, field: FieldDescriptor, plausible: bool, depth: int) -> st.SearchStrategy[Any]:
         if field.type == _T.TYPE_MESSAGE:
-            return self.message(field.message_type, depth + 1)
-        return self.scalar(field)
+            return self.message(field.message_type, plausible, depth + 1)
+        return self.scalar(field, plausible)
 
-    def _build(self, draw: st.DrawFn, descriptor: Descriptor, depth: int) -> Message:
+    def _build(
+        self, draw: st.DrawFn, descriptor: Descriptor, plausible: bool, depth: int
+    ) -> Message:
         message = GetMessageClass(descriptor)()
         for field in descriptor.fields:
             if not draw(st.booleans()):
@@ -159,7 +166,10 @@ class Requests:
                 value_field = entry.fields_by_name["value"]
                 entries = draw(
                     st.lists(
-                        st.tuples(self.scalar(key_field), self._value(value_field, depth)),
+                        st.tuples(
+                            self.scalar(key_field, plausible),
+                            self._value(value_field, plausible, depth),
+                        ),
                         max_size=4,
                     )
                 )
@@ -169,21 +179,22 @@ class Requests:
                     else:
                         target[key] = value
             elif field.is_repeated:
-                values = draw(st.lists(self._value(field, depth), max_size=4))
+                values = draw(st.lists(self._value(field, plausible, depth), max_size=4))
                 for value in values:
                     if is_message:
                         target.add().CopyFrom(value)
                     else:
                         target.append(value)
             elif is_message:
-                target.CopyFrom(draw(self.message(field.message_type, depth + 1)))
+                target.CopyFrom(draw(self.message(field.message_type, plausible, depth + 1)))
             else:
-                setattr(message, field.name, draw(self.scalar(field)))
+                setattr(message, field.name, draw(self.scalar(field, plausible)))
         return message
 
     def payloads(self, method: MethodDescriptor) -> st.SearchStrategy[bytes]:
-        built = self.message(method.input_type).map(lambda m: m.SerializeToString())
-        return st.one_of(built, built, st.binary(max_size=256))
+        hostile = self.message(method.input_type, False).map(lambda m: m.SerializeToString())
+        plausible = self.message(method.input_type, True).map(lambda m: m.SerializeToString())
+        return st.one_of(plausible, hostile, st.binary(max_size=256))
 
 
 # ---- the calls -----------------------------------------------------------------------------
