@@ -35,7 +35,7 @@ from vigil.inference.backends import (
     native_precision,
     runs_here,
 )
-from vigil.inference.catalog import DEFAULT_MODELS, MINIFASNET_V2, verify_installed
+from vigil.inference.catalog import DEFAULT_MODELS, MINIFASNET_V2, YUNET, verify_installed
 from vigil.inference.decisions import distance, is_live, is_match
 from vigil.inference.engine import Engine
 from vigil.inference.errors import ModelError
@@ -266,3 +266,23 @@ def test_server_says_what_runs(stub: instant_pb2_grpc.InstantStub) -> None:
         if sample.value == 1
     ]
     assert labels == [{"backend": expected.backend, "precision": expected.precision}]
+
+
+@pytest.mark.parametrize("side", [(480, 640), (320, 256)], ids=["640x480", "256x320"])
+def test_openvino_runs_yunet_at_any_size_like_onnxruntime(
+    models_dir: Path, side: tuple[int, int]
+) -> None:
+    """By name, any model runs on OpenVINO: YuNet's dynamic H/W and its outputs' names (OpenVINO
+    may call ``cls_8`` ``291``) match ONNX Runtime's, in f32, at two sizes from one compiled
+    model."""
+    paths = verify_installed(models_dir, DEFAULT_MODELS)
+    options = BackendOptions(precision="fp32", intra_op_threads=2)
+    openvino = BACKENDS["openvino"]().load(YUNET, paths[YUNET.name], options)
+    reference = BACKENDS["onnxruntime"]().load(YUNET, paths[YUNET.name], options)
+    image = np.random.default_rng(7).uniform(0, 255, (1, 3, *side)).astype(np.float32)
+    for alone in (True, False):
+        got = openvino.infer({"input": image}, alone=alone)
+        expected = reference.infer({"input": image}, alone=alone)
+        assert set(got) == {tensor.name for tensor in YUNET.outputs} == set(expected)
+        for name, values in expected.items():
+            np.testing.assert_allclose(got[name], values, rtol=1e-3, atol=1e-3, err_msg=name)
