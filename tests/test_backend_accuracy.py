@@ -272,9 +272,9 @@ def test_server_says_what_runs(stub: instant_pb2_grpc.InstantStub) -> None:
 def test_openvino_runs_yunet_at_any_size_like_onnxruntime(
     models_dir: Path, side: tuple[int, int]
 ) -> None:
-    """By name, any model runs on OpenVINO: YuNet's dynamic H/W and its outputs' names (OpenVINO
-    may call ``cls_8`` ``291``) match ONNX Runtime's, in f32, at two sizes from one compiled
-    model."""
+    """The OpenVINO backend runs YuNet too (the engine keeps it on ONNX Runtime, ``ON_REFERENCE``):
+    its dynamic H/W and its outputs' names (OpenVINO may call ``cls_8`` ``291``) match ONNX
+    Runtime's, in f32, at two sizes from one compiled model."""
     paths = verify_installed(models_dir, DEFAULT_MODELS)
     options = BackendOptions(precision="fp32", intra_op_threads=2)
     openvino = BACKENDS["openvino"]().load(YUNET, paths[YUNET.name], options)
