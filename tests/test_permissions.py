@@ -19,11 +19,25 @@ from tests.conftest import Metadata, ServerThread
 from vigil.server.security.permissions import PERMISSIONS, PUBLIC, ROLES
 from vigil.storage import credentials, folders
 from vigil.storage.tables import utcnow
-from vigil.v1 import auth_pb2, collections_pb2, folders_pb2, instant_pb2, webhooks_pb2
+from vigil.v1 import (
+    auth_pb2,
+    challenges_pb2,
+    collections_pb2,
+    folders_pb2,
+    instant_pb2,
+    webhooks_pb2,
+)
 
 SERVICES = [
     service
-    for module in (auth_pb2, collections_pb2, folders_pb2, instant_pb2, webhooks_pb2)
+    for module in (
+        auth_pb2,
+        challenges_pb2,
+        collections_pb2,
+        folders_pb2,
+        instant_pb2,
+        webhooks_pb2,
+    )
     for service in module.DESCRIPTOR.services_by_name.values()
 ]
 METHODS = [(service, method) for service in SERVICES for method in service.methods]
@@ -113,6 +127,10 @@ EXPECTED = {
     "Operators/ResolveAnalysis": "A O CO",
     "Verdicts/GetVerdict": "A O C CA CO S",
     "Verdicts/GetPublicKeys": "A O C CA CO S",
+    "Challenges/CreateChallenge": "A C CA S",
+    "Challenges/GetChallenge": "A C CA S",
+    "Challenges/AnswerChallenge": "A C CA S",
+    "Challenges/StreamAnswer": "A C CA S",
 }
 
 
