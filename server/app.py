@@ -32,7 +32,7 @@ from vigil.server.api.instant import InstantServicer
 from vigil.server.api.interceptor import ErrorMappingInterceptor
 from vigil.server.api.validation import RequestLimits
 from vigil.server.api.webhooks import WebhooksServicer
-from vigil.server.context import AppContext
+from vigil.server.context import AUTH_DB_THREADS, AppContext
 from vigil.server.health_watch import HealthWatch
 from vigil.server.jobs.webhooks import WebhookDispatcher
 from vigil.server.jobs.worker import AnalysisWorkers
@@ -139,7 +139,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         detector_instances=settings.detector_instances,
         max_inflight_images=settings.max_inflight_images,
         worker_nice=settings.worker_nice,
-        decode_pixel_budget=settings.decode_pixel_budget,
+        decode_pixel_budget=settings.resolved_decode_pixel_budget,
         detect_max_tiles=settings.detect_max_tiles,
     )
 
@@ -199,7 +199,11 @@ async def open_app(settings: Settings, engine: Engine | None = None) -> AppConte
         metrics.report_backend(engine.running.backend, engine.running.precision)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        database = Database(settings.resolved_database_url)
+        # A connection for each database thread: the calls' and workers', and the credential
+        # lookups' own (so authentication never waits for a connection behind a tenant's work).
+        database = Database(
+            settings.resolved_database_url, pool_size=settings.db_threads + AUTH_DB_THREADS
+        )
         await asyncio.to_thread(migrate, database.engine)
         blobs = LocalBlobStore(settings.resolved_blob_dir)
     except BaseException:

@@ -100,11 +100,12 @@ class Settings(BaseSettings):
     """When detection finds no face, or only small ones, in a large photo, it looks again at up to
     4× the scale (at most full resolution) in tiles of ``detect_max_side`` pixels; at most this
     many tiles (the scale is lowered to fit), 0 turns the closer look off. At 20, faces of
-    ~70 px are found in 50 MP photos."""
-    decode_pixel_budget: int = Field(default=100_000_000, ge=0)
+    50 px are found in 50 MP photos (benchmarks/decode_accuracy.py)."""
+    decode_pixel_budget: int | None = Field(default=None, ge=0)
     """Decoded pixels all images in the engine may hold at once (0: no limit); an image waits
     (first come, first served) for its share, and one still waiting at its deadline gets
-    RESOURCE_EXHAUSTED. At least ``max_image_pixels`` plus ``detect_max_tiles`` tiles."""
+    RESOURCE_EXHAUSTED. At least ``max_image_pixels`` plus ``detect_max_tiles`` tiles of
+    ``detect_max_side``²; unset: twice ``max_image_pixels`` (100 MP), or that minimum if more."""
     liveness_threshold: float = 0.5
     """A face is live when its real probability is at least this."""
     match_distance_threshold: float = 0.6
@@ -280,7 +281,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _budget_holds_the_largest_image(self) -> Settings:
         """An image at the pixel limit, with its closer look's tiles, must fit the budget alone."""
-        needed = self.max_image_pixels + self.detect_max_tiles * self.detect_max_side**2
+        needed = self._one_image_pixels
         if self.decode_pixel_budget and self.decode_pixel_budget < needed:
             raise ValueError(
                 f"VIGIL_DECODE_PIXEL_BUDGET ({self.decode_pixel_budget}) must be 0 or at least "
@@ -288,6 +289,17 @@ class Settings(BaseSettings):
                 "VIGIL_DETECT_MAX_SIDE² (one image at the limit must fit alone)"
             )
         return self
+
+    @property
+    def _one_image_pixels(self) -> int:
+        """The most pixels one image may hold: the limit, and its closer look's scaled copy."""
+        return self.max_image_pixels + self.detect_max_tiles * self.detect_max_side**2
+
+    @property
+    def resolved_decode_pixel_budget(self) -> int:
+        if self.decode_pixel_budget is not None:
+            return self.decode_pixel_budget
+        return max(2 * self.max_image_pixels, self._one_image_pixels)
 
     @property
     def resolved_models_dir(self) -> Path:

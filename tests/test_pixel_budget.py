@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from tests.conftest import make_settings
 from vigil.inference import metrics
@@ -19,6 +20,7 @@ from vigil.inference.decode_budget import PixelBudget
 from vigil.inference.engine import Engine
 from vigil.inference.errors import MediaTooLarge, Overloaded
 from vigil.server.app import engine_config
+from vigil.server.settings import Settings
 
 
 def gauge() -> float:
@@ -154,3 +156,12 @@ async def test_concurrent_huge_pngs_stay_within_the_budget(models_dir: Path) -> 
             sampler.join()
         await engine.stop()
     assert gauge() == 0
+
+
+def test_the_budget_holds_one_image_at_the_limit() -> None:
+    assert Settings().resolved_decode_pixel_budget == 100_000_000  # twice the 50 MP limit
+    # A larger detector input makes the closer look's copy larger: the default follows.
+    assert Settings(detect_max_side=2048).resolved_decode_pixel_budget == 50_000_000 + 20 * 2048**2
+    with pytest.raises(ValidationError, match="VIGIL_DECODE_PIXEL_BUDGET"):
+        Settings(decode_pixel_budget=50_000_000)  # the image fits, its closer look does not
+    assert Settings(decode_pixel_budget=0).resolved_decode_pixel_budget == 0  # no limit
