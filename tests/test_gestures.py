@@ -3,7 +3,9 @@ FaceMesh's reading of the real photos, and the challenge store's single use and 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -176,8 +178,9 @@ def test_signals_of_the_real_photos(models_dir: Path) -> None:
 
 
 @pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+def session(database_url: str) -> Iterator[Session]:
+    """A migrated database of its own: SQLite and PostgreSQL."""
+    db = Database(database_url)
     migrate(db.engine)
     with db.session() as opened:
         yield opened
@@ -313,3 +316,33 @@ def test_noise_is_not_a_face(models_dir: Path) -> None:
     mesh, flag, _ = session.run(None, {"input_1": crop.tensor[None]})
     found = mesh_from_outputs({"output_mesh": mesh[0], "output_faceflag": flag[0]}, crop)
     assert found.presence < 0.01 and found.points.shape == (468, 3)
+
+
+def test_two_answers_racing_for_one_challenge_one_wins(database_url: str) -> None:
+    """Eight threads consume the same challenge at once, each in its own session: exactly one
+    succeeds, the others are told it was already answered."""
+    db = Database(database_url)
+    migrate(db.engine)
+    try:
+        with db.session() as session:
+            company = ensure_company("race", session=session).id
+            row = challenges.create_challenge(
+                ["smile", "blink"], 2, window_ms=5000, ttl=timedelta(minutes=1),
+                company_id=company, session=session,
+            )  # fmt: skip
+        barrier = threading.Barrier(8)
+
+        def answer() -> str:
+            with db.session() as session:
+                barrier.wait()
+                try:
+                    challenges.consume(row.id, company_id=company, session=session)
+                except FailedPrecondition as exc:
+                    return exc.reason
+                return "won"
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(lambda _: answer(), range(8)))
+        assert sorted(outcomes) == ["CHALLENGE_USED"] * 7 + ["won"]
+    finally:
+        db.dispose()
