@@ -76,6 +76,9 @@ class CompanySlots:
         try:
             if semaphore.locked() and wait_s is not None and wait_s <= 0:
                 raise TimeoutError
+            if not semaphore.locked():
+                await semaphore.acquire()  # a turn is free: taken without waiting
+                return
             DB_CALLS_WAITING.inc()
             try:
                 await asyncio.wait_for(semaphore.acquire(), wait_s)

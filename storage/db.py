@@ -20,8 +20,10 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout per connection."""
+def make_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout per connection.
+    PostgreSQL keeps ``pool_size`` connections (one per database thread) and as many again in
+    overflow for short bursts (migrations, tools)."""
     if is_sqlite(url):
         in_memory = url in ("sqlite://", "sqlite:///:memory:")
         kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
@@ -40,7 +42,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size
+    )
 
 
 def alembic_config(url: str) -> Config:
@@ -61,9 +65,9 @@ def migrate(engine: Engine) -> None:
 class Database:
     """The engine plus a session factory. Sessions do not expire objects on commit."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size=pool_size)
         self.sqlite = is_sqlite(url)
 
     @contextmanager
