@@ -421,3 +421,28 @@ def test_a_gesture_tag_makes_liveness_check_that_gesture(
     signal = next(s for s in result.signals if s.name == "gesture_move_closer")
     assert signal.triggered and signal.declines and "size reached" in signal.detail
     assert "declined by gesture_move_closer" in result.error
+
+
+def test_a_stream_must_start_with_its_challenge_once(
+    stub: challenges_pb2_grpc.ChallengesStub, stills: dict[str, Still]
+) -> None:
+    frames = gesture_frames(stills["obama"], [("neutral", 0.2)], seed=13)
+    ok, jpeg = cv2.imencode(".jpg", frames[0])
+    assert ok
+    frame = G.StreamAnswerRequest(frame=video_pb2.StreamFrame(encoded=jpeg.tobytes()))
+    first, second = (
+        create(stub, G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER),
+        create(stub, G.GESTURE_SMILE, G.GESTURE_MOVE_CLOSER),
+    )
+    twice = [G.StreamAnswerRequest(challenge_id=c.id) for c in (first, second)]
+    for messages, words in [
+        ([frame], "first message must carry the challenge_id"),
+        (twice, "first message, once"),
+        ([], "no challenge_id"),
+    ]:
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.StreamAnswer(iter(messages), timeout=30)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert words in (bad.value.details() or ""), bad.value.details()
+    # the second id was refused before it was consumed
+    assert not stub.GetChallenge(G.GetChallengeRequest(challenge_id=second.id)).answered
