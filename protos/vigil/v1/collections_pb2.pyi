@@ -288,12 +288,17 @@ class CollectionFace(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FACE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     collection: _builtins.str
     person_label: _builtins.str
     source_media_id: _builtins.str
     model: _builtins.str
     model_version: _builtins.str
+    sequence: _builtins.int
+    """Set by AddFace: the change-log sequence number of this addition. A Search with
+    min_sequence at least this sees the face (read-your-writes on any replica).
+    """
     @_builtins.property
     def meta(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -314,10 +319,11 @@ class CollectionFace(_message.Message):
         model_version: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         face: _common_pb2.Face | None = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "face", b"face"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "created_at", b"created_at", "face", b"face", "id", b"id", "meta", b"meta", "model", b"model", "model_version", b"model_version", "person_label", b"person_label", "source_media_id", b"source_media_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "created_at", b"created_at", "face", b"face", "id", b"id", "meta", b"meta", "model", b"model", "model_version", b"model_version", "person_label", b"person_label", "sequence", b"sequence", "source_media_id", b"source_media_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -349,12 +355,17 @@ Global___RemoveFaceRequest: _TypeAlias = RemoveFaceRequest  # noqa: Y015
 class RemoveFaceResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The change-log sequence number of this removal (for SearchRequest.min_sequence)."""
     def __init__(
         self,
+        *,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -417,11 +428,18 @@ class SearchRequest(_message.Message):
     TEMPLATE_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
+    MIN_SEQUENCE_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     top_k: _builtins.int
     """1..100, default 5."""
     threshold: _builtins.float
     """Distance below which a result is a match (0: the server's default)."""
+    min_sequence: _builtins.int
+    """Read-your-writes: the replica answers only once its index has applied the collection
+    changes up to this sequence number (AddFace's CollectionFace.sequence, RemoveFace's
+    sequence), waiting for them up to the call's deadline (DEADLINE_EXCEEDED after that).
+    0: no wait (the index is at most about a second behind).
+    """
     @_builtins.property
     def image(self) -> _common_pb2.Media: ...
     @_builtins.property
@@ -434,10 +452,11 @@ class SearchRequest(_message.Message):
         template: _common_pb2.Template | None = ...,
         top_k: _builtins.int = ...,
         threshold: _builtins.float = ...,
+        min_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "query", b"query", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "image", b"image", "query", b"query", "template", b"template", "threshold", b"threshold", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "image", b"image", "min_sequence", b"min_sequence", "query", b"query", "template", b"template", "threshold", b"threshold", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["image", "template"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
@@ -483,9 +502,12 @@ class SearchResponse(_message.Message):
     FACE_FIELD_NUMBER: _builtins.int
     SEARCHED_FIELD_NUMBER: _builtins.int
     SEARCH_MS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
     searched: _builtins.int
     search_ms: _builtins.float
+    sequence: _builtins.int
+    """The change-log sequence number the searched index was current to."""
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
     @_builtins.property
@@ -500,10 +522,11 @@ class SearchResponse(_message.Message):
         face: _common_pb2.Face | None = ...,
         searched: _builtins.int = ...,
         search_ms: _builtins.float = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["face", b"face"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["face", b"face", "hits", b"hits", "search_ms", b"search_ms", "searched", b"searched", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["face", b"face", "hits", b"hits", "search_ms", b"search_ms", "searched", b"searched", "sequence", b"sequence", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
