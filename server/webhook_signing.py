@@ -1,6 +1,14 @@
 """Webhook signatures, and which targets a webhook may call.
 
-Signature header (what a receiver checks with :func:`verify`)::
+Each delivery is signed in the Standard Webhooks format (standardwebhooks.com), so a receiver in
+any language checks it with a stock library (``standardwebhooks.Webhook(secret).verify(body,
+headers)``; the webhook's secret, ``whsec_…``, is what those libraries take)::
+
+    webhook-id: <delivery id>
+    webhook-timestamp: <unix seconds>
+    webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>
+
+and, for receivers written against earlier versions, also with vigil's own header (:func:`verify`)::
 
     X-Vigil-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
 
@@ -20,13 +28,22 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import SplitResult, urlsplit
+
+import standardwebhooks
 
 from vigil.inference.errors import InvalidArgument
 
 SIGNATURE_HEADER = "X-Vigil-Signature"
 DELIVERY_HEADER = "X-Vigil-Delivery"
 EVENT_HEADER = "X-Vigil-Event"
+#: Standard Webhooks' headers (lower case, as the specification writes them).
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
+#: Standard Webhooks' secret prefix: what follows is the base64 of the HMAC key.
+SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE_S = 300
 MAX_URL_LENGTH = 2048
 
@@ -77,6 +94,26 @@ def verify(
     for candidate in candidates:
         matched |= hmac.compare_digest(expected, candidate.encode("ascii", "replace"))
     return matched
+
+
+def _standard_signer(secret: str) -> standardwebhooks.Webhook:
+    # Secrets made before the standard format (no prefix) key the HMAC with their UTF-8 bytes:
+    # receivers of those pass the same bytes to their library.
+    if secret.startswith(SECRET_PREFIX):
+        return standardwebhooks.Webhook(secret)
+    return standardwebhooks.Webhook(secret.encode())
+
+
+def standard_headers(secret: str, message_id: str, body: bytes, timestamp: int) -> dict[str, str]:
+    """The Standard Webhooks headers that sign ``body`` as message ``message_id`` at
+    ``timestamp`` (unix seconds)."""
+    at = datetime.fromtimestamp(int(timestamp), UTC)
+    signature = _standard_signer(secret).sign(message_id, at, body.decode())
+    return {
+        WEBHOOK_ID_HEADER: message_id,
+        WEBHOOK_TIMESTAMP_HEADER: str(int(timestamp)),
+        WEBHOOK_SIGNATURE_HEADER: signature,
+    }
 
 
 # ---- targets -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ FAILED (the last attempt) or schedules the next try with exponential backoff.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -64,7 +65,8 @@ def create_webhook(
         company_id=company_id,
         folder_id=folder_id or None,
         url=url,
-        secret=secrets.token_urlsafe(32),
+        # Standard Webhooks' form (whsec_ + base64 of the key), which its libraries take as is.
+        secret="whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
     )
     session.add(hook)
     session.flush()

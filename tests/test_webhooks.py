@@ -18,10 +18,12 @@ from typing import Any, TypeVar, cast
 
 import grpc
 import pytest
+import standardwebhooks
 from google.protobuf.message import Message
 from sqlmodel import Session
 
 from tests.conftest import FACES, Metadata, ServerThread, make_settings, read
+from vigil.client.webhooks import WebhookSignatureError, verify_delivery
 from vigil.inference.errors import InvalidArgument, NotFound
 from vigil.server.context import AppContext
 from vigil.server.jobs import webhooks as webhook_dispatch
@@ -734,6 +736,14 @@ def test_a_folder_event_is_delivered_signed_and_retried(
         assert request.headers["X-Vigil-Event"] == "folder.final"
         assert request.headers["X-Vigil-Delivery"] == delivery.id
         assert verify(hook.secret, request.body, request.headers["X-Vigil-Signature"])
+        # Standard Webhooks: the stock library accepts it with the secret as returned
+        assert hook.secret.startswith("whsec_")
+        assert request.headers["webhook-id"] == delivery.id
+        stock = standardwebhooks.Webhook(hook.secret)
+        assert stock.verify(request.body, request.headers) == payload
+        assert verify_delivery(hook.secret, request.body, request.headers) == payload
+        with pytest.raises(WebhookSignatureError):
+            verify_delivery(hook.secret, request.body + b" ", request.headers)
         assert not verify("wrong", request.body, request.headers["X-Vigil-Signature"])
         assert json.loads(request.body) == payload
     assert (delivery.webhook_id, delivery.folder_id) == (hook.id, folder_id)

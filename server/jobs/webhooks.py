@@ -33,6 +33,7 @@ from vigil.server.webhook_signing import (
     Target,
     check_target,
     sign,
+    standard_headers,
 )
 from vigil.storage import webhooks
 from vigil.storage.tables import WebhookDelivery, utcnow
@@ -209,10 +210,14 @@ class WebhookDispatcher:
         try:
             target = await check_target(delivery.url, settings.webhook_allow_private)
             host = target.host
+            now = int(time.time())
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": USER_AGENT,
-                SIGNATURE_HEADER: sign(delivery.secret, body, int(time.time())),
+                # Standard Webhooks (webhook-id is the delivery: the same on each retry, so a
+                # receiver can drop a repeat), then vigil's own header for earlier receivers.
+                **standard_headers(delivery.secret, delivery.id, body, now),
+                SIGNATURE_HEADER: sign(delivery.secret, body, now),
                 DELIVERY_HEADER: delivery.id,
                 EVENT_HEADER: EVENT,
             }
