@@ -11,10 +11,18 @@ from vigil.client.results import (
     VerifyResult,
 )
 from vigil.client.sync import VigilClient
-from vigil.client.verdicts import Verdict, VerdictError, verify_verdict
+from vigil.client.verdicts import (
+    ChallengeVerdictClaims,
+    Verdict,
+    VerdictError,
+    verify_challenge_verdict,
+    verify_verdict,
+)
+from vigil.client.webhooks import WebhookSignatureError, verify_delivery
 
 __all__ = [
     "AsyncVigilClient",
+    "ChallengeVerdictClaims",
     "DetectResult",
     "Face",
     "LivenessResult",
@@ -25,5 +33,8 @@ __all__ = [
     "VerifyResult",
     "VigilClient",
     "VigilRpcError",
+    "WebhookSignatureError",
+    "verify_challenge_verdict",
+    "verify_delivery",
     "verify_verdict",
 ]

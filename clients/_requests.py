@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -81,7 +82,49 @@ def public_keys() -> auth_pb2.GetPublicKeysRequest:
 
 #: Client-side limit on messages; the server enforces its own.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: Calls that change nothing (or give the same answer when repeated): retried on UNAVAILABLE
+#: only (the server was not reached, restarting, or refused the connection), never on other
+#: codes, and never for calls that create or delete.
+IDEMPOTENT_METHODS = {
+    "vigil.v1.Instant": (
+        "Detect",
+        "CheckLiveness",
+        "ExtractTemplate",
+        "Verify",
+        "GetServerInfo",
+    ),
+    "vigil.v1.Folders": ("GetFolder", "ListFolders", "GetMedia", "GetAnalysis", "ListAnalyses"),
+    "vigil.v1.Collections": ("ListCollections", "ListFaces", "Search"),
+    "vigil.v1.Webhooks": ("ListWebhooks", "ListDeliveries"),
+    "vigil.v1.Verdicts": ("GetVerdict", "GetPublicKeys"),
+    "vigil.v1.Challenges": ("GetChallenge",),
+    "vigil.v1.Auth": ("WhoAmI",),
+    "vigil.v1.Admin": ("ListCompanies", "ListUsers", "ListApiKeys", "ListAuditEvents"),
+}
+RETRY_POLICY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.2s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+#: gRPC's service config (applied by the channel itself: no retry loop in the SDK).
+SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [
+                {"service": service, "method": method}
+                for service, methods in IDEMPOTENT_METHODS.items()
+                for method in methods
+            ],
+            "retryPolicy": RETRY_POLICY,
+        }
+    ]
+}
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
 ]

@@ -8,6 +8,7 @@ from typing import TypeVar
 import grpc
 
 from vigil.client import _requests as build
+from vigil.client.aio_persistent import AsyncPersistentCalls
 from vigil.client.connection import Connection
 from vigil.client.errors import VigilRpcError
 from vigil.client.results import DetectResult, LivenessResult, TemplateResult, VerifyResult
@@ -19,7 +20,7 @@ Request = TypeVar("Request")
 Reply = TypeVar("Reply")
 
 
-class AsyncVigilClient:
+class AsyncVigilClient(AsyncPersistentCalls):
     """``async with AsyncVigilClient("localhost:50051") as client: await client.liveness(...)``."""
 
     def __init__(
@@ -41,6 +42,7 @@ class AsyncVigilClient:
         self._channel = self.connection.aio_channel()
         self._stub = instant_pb2_grpc.InstantStub(self._channel)
         self._verdicts = auth_pb2_grpc.VerdictsStub(self._channel)
+        self._persistent_stubs()
 
     async def _call(
         self,

@@ -10,6 +10,7 @@ import grpc
 from vigil.client import _requests as build
 from vigil.client.connection import Connection
 from vigil.client.errors import VigilRpcError
+from vigil.client.persistent import PersistentCalls
 from vigil.client.results import DetectResult, LivenessResult, TemplateResult, VerifyResult
 from vigil.client.video_results import StreamUpdate
 from vigil.v1 import auth_pb2, auth_pb2_grpc, instant_pb2, instant_pb2_grpc
@@ -19,7 +20,7 @@ Request = TypeVar("Request")
 Reply = TypeVar("Reply")
 
 
-class VigilClient:
+class VigilClient(PersistentCalls):
     """``with VigilClient("localhost:50051") as client: client.liveness("selfie.jpg")``."""
 
     def __init__(
@@ -41,6 +42,7 @@ class VigilClient:
         self._channel = self.connection.channel()
         self._stub = instant_pb2_grpc.InstantStub(self._channel)
         self._verdicts = auth_pb2_grpc.VerdictsStub(self._channel)
+        self._persistent_stubs()
 
     def _call(
         self,

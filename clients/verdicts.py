@@ -113,23 +113,10 @@ def _text(claims: Mapping[str, Any], name: str, required: bool) -> str | None:
     return value
 
 
-def verify_verdict(
-    token: str,
-    jwks: str | bytes | Mapping[str, Any],
-    *,
-    expected_folder: str | None = None,
-    expected_transaction_id: str | None = None,
-    expected_analysis_id: str | None = None,
-    leeway_s: float = 0,
-) -> Verdict:
-    """The claims of ``token`` once its signature, issuer, type, lifetime and scope are checked.
-
-    ``jwks`` is ``GetPublicKeys``' JSON (or its parsed dict). ``expected_folder`` and
-    ``expected_transaction_id``, when given, must equal the token's. Without
-    ``expected_analysis_id`` only a folder's verdict is accepted; with it, only that analysis's.
-    ``leeway_s`` allows for clock skew. Raises :class:`VerdictError` on any failure, and
-    ImportError without PyJWT.
-    """
+def _decode(
+    token: str, jwks: str | bytes | Mapping[str, Any], leeway_s: float
+) -> tuple[dict[str, Any], str]:
+    """The claims of ``token`` and its key id, once its signature, issuer and lifetime check out."""
     try:  # PyJWT with its cryptography backend; an install without them gets the hint
         import jwt
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -181,6 +168,27 @@ def verify_verdict(
         raise VerdictError("MALFORMED", f"the token cannot be decoded ({exc})") from None
     except jwt.PyJWTError as exc:
         raise VerdictError("INVALID", f"the verdict is not valid ({exc})") from None
+    return claims, kid
+
+
+def verify_verdict(
+    token: str,
+    jwks: str | bytes | Mapping[str, Any],
+    *,
+    expected_folder: str | None = None,
+    expected_transaction_id: str | None = None,
+    expected_analysis_id: str | None = None,
+    leeway_s: float = 0,
+) -> Verdict:
+    """The claims of ``token`` once its signature, issuer, type, lifetime and scope are checked.
+
+    ``jwks`` is ``GetPublicKeys``' JSON (or its parsed dict). ``expected_folder`` and
+    ``expected_transaction_id``, when given, must equal the token's. Without
+    ``expected_analysis_id`` only a folder's verdict is accepted; with it, only that analysis's.
+    ``leeway_s`` allows for clock skew. Raises :class:`VerdictError` on any failure, and
+    ImportError without PyJWT.
+    """
+    claims, kid = _decode(token, jwks, leeway_s)
     if claims.get("typ") != TOKEN_TYPE:
         raise VerdictError("TYPE", f"the token is a {claims.get('typ')!r} token, not a verdict")
     folder = _text(claims, "folder", True)
@@ -235,3 +243,66 @@ def _scope(claims: Mapping[str, Any], analysis: str | None, expected: str | None
             f"not analysis {expected!r}",
         )
     return str(scope)
+
+
+CHALLENGE_TOKEN_TYPE = "challenge_verdict"
+
+
+@dataclass(frozen=True)
+class ChallengeVerdictClaims:
+    """The verified claims of a challenge's verdict (``AnswerChallenge``'s ``verdict_token``)."""
+
+    challenge: str
+    #: The challenge's nonce, as CreateChallenge gave it.
+    nonce: str
+    #: SUCCESS (the gestures were made by a live face) or DECLINED.
+    resolution: str
+    gestures: tuple[str, ...]
+    company: str
+    #: SHA-256 of the frames the server analysed.
+    frames_sha256: str
+    issued_at: datetime
+    expires_at: datetime
+    key_id: str = ""
+
+
+def verify_challenge_verdict(
+    token: str,
+    jwks: str | bytes | Mapping[str, Any],
+    *,
+    expected_challenge: str | None = None,
+    expected_nonce: str | None = None,
+    leeway_s: float = 0,
+) -> ChallengeVerdictClaims:
+    """The claims of a challenge verdict token once its signature, issuer, type (``typ``
+    ``challenge_verdict``: a folder verdict is refused here, and this token by
+    :func:`verify_verdict`) and lifetime check out, and its challenge and nonce are the expected
+    ones when given. Raises :class:`VerdictError` (WRONG_CHALLENGE, WRONG_NONCE, or a reason of
+    :func:`verify_verdict`)."""
+    claims, kid = _decode(token, jwks, leeway_s)
+    if claims.get("typ") != CHALLENGE_TOKEN_TYPE:
+        raise VerdictError(
+            "TYPE", f"the token is a {claims.get('typ')!r} token, not a challenge verdict"
+        )
+    challenge = _text(claims, "challenge", True) or ""
+    nonce = _text(claims, "nonce", True) or ""
+    if expected_challenge is not None and challenge != expected_challenge:
+        raise VerdictError(
+            "WRONG_CHALLENGE", f"the verdict is about {challenge!r}, not {expected_challenge!r}"
+        )
+    if expected_nonce is not None and nonce != expected_nonce:
+        raise VerdictError("WRONG_NONCE", "the verdict's nonce is not the challenge's")
+    gestures = claims.get("gestures") or []
+    if not isinstance(gestures, list):
+        raise VerdictError("INVALID", "the verdict's gestures claim is not a list")
+    return ChallengeVerdictClaims(
+        challenge=challenge,
+        nonce=nonce,
+        resolution=_text(claims, "resolution", True) or "",
+        gestures=tuple(str(g) for g in gestures),
+        company=_text(claims, "company", True) or "",
+        frames_sha256=_text(claims, "frames_sha256", False) or "",
+        issued_at=datetime.fromtimestamp(claims["iat"], UTC),
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        key_id=kid,
+    )
