@@ -26,7 +26,7 @@ from vigil.server.api.accounts import (
     VerdictsServicer,
 )
 from vigil.server.api.challenges import ChallengesServicer
-from vigil.server.api.collections import CollectionsServicer
+from vigil.server.api.collections import CollectionsServicer, index_config
 from vigil.server.api.folders import FoldersServicer
 from vigil.server.api.instant import InstantServicer
 from vigil.server.api.interceptor import ErrorMappingInterceptor
@@ -43,6 +43,7 @@ from vigil.server.settings import Settings
 from vigil.storage.blobs import LocalBlobStore
 from vigil.storage.common import set_page_token_key
 from vigil.storage.db import Database, migrate
+from vigil.storage.face_index import FaceIndex
 from vigil.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -209,12 +210,15 @@ async def open_app(settings: Settings, engine: Engine | None = None) -> AppConte
     except BaseException:
         await engine.stop()
         raise
-    return AppContext(
+    app = AppContext(
         settings=settings,
         engine=engine,
         database=database,
         blobs=blobs,
+        face_index=FaceIndex(index_config(settings)),
     )
+    app.change_follower = app.face_index.follow(database, settings.index_poll_s)
+    return app
 
 
 def _add_services(server: grpc.aio.Server, app: AppContext, security: Security) -> None:

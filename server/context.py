@@ -31,6 +31,7 @@ from vigil.server.metrics import CACHE_ENTRIES, COMPANY_QUERIES_REFUSED, DB_CALL
 from vigil.server.settings import Settings
 from vigil.storage.blobs import LocalBlobStore
 from vigil.storage.db import Database
+from vigil.storage.face_changes import ChangeFollower
 from vigil.storage.face_index import FaceIndex
 
 T = TypeVar("T")
@@ -125,6 +126,8 @@ class AppContext:
     deliveries_queued: asyncio.Event = field(default_factory=asyncio.Event)
     #: Collections' embeddings in memory for 1:N search (see vigil.storage.face_index).
     face_index: FaceIndex = field(default_factory=FaceIndex)
+    #: Applies the collections' change log to ``face_index`` in the background (open_app).
+    change_follower: ChangeFollower | None = None
     #: The loop the server runs on (DB threads use it to wake waiters).
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     #: Fire-and-forget writes (audit events) still running; kept so they are not collected.
@@ -206,6 +209,9 @@ class AppContext:
         return await asyncio.get_running_loop().run_in_executor(self.db_executor, fn, *args)
 
     def close(self) -> None:
+        if self.change_follower is not None:
+            self.change_follower.stop()
+            self.face_index.save_snapshots()
         self.db_executor.shutdown(wait=True)
         self.auth_executor.shutdown(wait=True)
         self.database.dispose()

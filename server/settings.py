@@ -181,6 +181,20 @@ class Settings(BaseSettings):
     """BIOMETRY: distances within this above the match threshold give OPERATOR_REQUIRED."""
     search_threshold: float = 0.6
     """Collections: a search hit is a match below this distance (BLACKLIST uses it too)."""
+    ann_min_faces: int = Field(default=50_000, ge=1)
+    """Collections of at least this many faces are searched through an HNSW graph (usearch, f16)
+    whose candidates are re-scored exactly; smaller ones are searched exactly."""
+    ann_candidates: int = Field(default=64, ge=1, le=10_000)
+    """Candidates the HNSW graph proposes per search (at least top_k), re-scored exactly against
+    the stored float32 templates. More: higher recall, slower search."""
+    ann_dtype: Literal["f16", "i8"] = "f16"
+    """Scalar type of the graph's copy of the templates (f16: 256 B per 128-d face, i8: 128 B)."""
+    index_snapshot_dir: Path | None = None
+    """Where each replica saves large collections' search indexes (templates and graph) and loads
+    them at start, replaying the change log from there (default: VIGIL_DATA_DIR/index)."""
+    index_poll_s: float = Field(default=0.5, gt=0, le=60)
+    """How often a replica polls the collections' change log (SQLite; on PostgreSQL a NOTIFY
+    wakes it at once and this is the fallback)."""
     webhook_allow_private: bool = False
     """Allow webhooks to private, loopback and link-local addresses (tests, closed networks)."""
     webhook_max_attempts: int = 6
@@ -308,6 +322,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'vigil.db').resolve()}"
+
+    @property
+    def resolved_index_snapshot_dir(self) -> Path:
+        return self.index_snapshot_dir or self.data_dir / "index"
 
     @property
     def resolved_blob_dir(self) -> Path:

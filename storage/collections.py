@@ -2,8 +2,8 @@
 
 A face's embedding is stored as float32 little-endian bytes with the name and version of the model
 that made it; a collection accepts only embeddings of its own model. Every change bumps the
-collection's ``revision`` in the same transaction (one atomic ``UPDATE``), so each replica's
-in-memory matrix (``storage.face_index``) knows when it is stale.
+collection's ``revision`` and appends to the change log (``storage.face_changes``) in the same
+transaction, so each replica's in-memory index (``storage.face_index``) applies it as one row.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from vigil.inference.catalog import DLIB_RESNET
 from vigil.inference.errors import AlreadyExists, InvalidArgument, InvalidTemplate
+from vigil.storage import face_changes
 from vigil.storage.common import decode_page_token, encode_page_token, not_found, validate_meta
 from vigil.storage.results import FaceRecord
 from vigil.storage.tables import Collection, CollectionFace
@@ -126,6 +127,9 @@ def delete_collection(name: str, *, company_id: str, session: Session) -> int:
     )
     session.delete(collection)
     session.flush()
+    face_changes.record(
+        face_changes.DROP, company_id=company_id, collection_id=collection.id, session=session
+    )
     return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
@@ -162,6 +166,16 @@ class NewFace:
 def add_face(
     collection_name: str, new: NewFace, *, company_id: str, session: Session
 ) -> tuple[Collection, CollectionFace]:
+    collection, face, _ = add_face_with_sequence(
+        collection_name, new, company_id=company_id, session=session
+    )
+    return collection, face
+
+
+def add_face_with_sequence(
+    collection_name: str, new: NewFace, *, company_id: str, session: Session
+) -> tuple[Collection, CollectionFace, int]:
+    """Add a face; also returns the change's sequence number (for read-your-writes)."""
     collection = get_collection(collection_name, company_id=company_id, session=session)
     check_model(collection, new.model_name, new.model_version)
     values = check_embedding(new.embedding)
@@ -183,10 +197,18 @@ def add_face(
     session.add(face)
     session.flush()
     _bump(collection, 1, session=session)
-    return collection, face
+    seq = face_changes.record(
+        face_changes.ADD,
+        company_id=company_id,
+        collection_id=collection.id,
+        face_id=face.id,
+        session=session,
+    )
+    return collection, face, seq
 
 
-def remove_face(collection_name: str, face_id: str, *, company_id: str, session: Session) -> None:
+def remove_face(collection_name: str, face_id: str, *, company_id: str, session: Session) -> int:
+    """Remove a face; returns the change's sequence number."""
     collection = get_collection(collection_name, company_id=company_id, session=session)
     result = session.execute(
         delete(CollectionFace).where(
@@ -198,6 +220,13 @@ def remove_face(collection_name: str, face_id: str, *, company_id: str, session:
     if not cast(CursorResult[Any], result).rowcount:
         raise not_found("face", face_id)
     _bump(collection, -1, session=session)
+    return face_changes.record(
+        face_changes.REMOVE,
+        company_id=company_id,
+        collection_id=collection.id,
+        face_id=face_id,
+        session=session,
+    )
 
 
 def list_faces(

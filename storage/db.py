@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
@@ -54,9 +54,18 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+#: pg_advisory_xact_lock key held while migrating ("vigil-mg" as an int64).
+MIGRATION_LOCK = 0x7669_6769_6C2D_6D67
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent; safe on every start)."""
+    """Bring the schema to the newest revision (idempotent; safe on every start).
+
+    On PostgreSQL, replicas starting together take turns: a transaction-scoped advisory lock is
+    held until the migration commits, and the next one then finds the schema at head."""
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config = alembic_config(str(engine.url))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

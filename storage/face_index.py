@@ -1,29 +1,46 @@
-"""In-memory matrices of collection embeddings for 1:N search, kept in step with the database.
+"""Collections in memory for 1:N search, kept current by applying the change log.
 
-Each (company, collection) is cached as one float32 matrix (512 bytes per 128-d face) with its
-face ids, labels and squared row norms, tagged with the collection's ``revision``. A search reads
-the collection's row (one indexed query), reloads the matrix only when the revision moved (a change
-made here or on another replica), then ranks every face by Euclidean distance in numpy:
-``|m|² - 2 m·q + |q|²`` (one matrix-vector product, no n×128 temporary), ``argpartition`` for the
-top k, and exact distances ``‖m - q‖`` recomputed for those k.
+Each (company, collection) is held as a ``CollectionIndex``: its float32 embeddings in slots (512
+bytes per 128-d face) with their face ids, labels and squared norms. Small collections are searched
+exactly (one matrix-vector product, ``argpartition``, exact distances for the top k). From
+``IndexConfig.ann_min_faces`` faces on, an HNSW graph (usearch, f16 vectors) proposes
+``ann_candidates`` faces and those are re-scored exactly against the float32 vectors, so a search
+decides exactly as brute force wherever the true nearest faces are among the candidates.
 
-Thread-safe: searches run in database threads; one lock guards the cache, and one lock per
-collection makes concurrent searches of a stale collection load it once. Entries of collections
-that no longer exist are evicted when their name is searched again and by a periodic prune.
+A collection is loaded once (from a snapshot when there is one, else from the database), then kept
+current from the change log (``storage.face_changes``): ``FaceIndex.sync`` applies each add or
+remove as one row, on every loaded collection. Syncs come from the background follower, from a
+search that finds the collection's ``revision`` ahead of its copy, and from a search that asks for
+a ``min_sequence`` (read-your-writes) the index has not reached.
+
+Thread-safe: searches run in database threads. One lock per collection guards its arrays (searches
+and changes of one collection take turns), one lock serializes syncs and the insertion of freshly
+loaded collections, one lock guards the dictionary.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlmodel import Session
 
 from vigil.inference.errors import InvalidArgument, NotFound
 from vigil.storage import collections as repo
+from vigil.storage import face_changes
+from vigil.storage.db import Database
 from vigil.storage.tables import Collection
+
+log = logging.getLogger(__name__)
+DIM = repo.EMBEDDING_SIZE
 
 
 @dataclass(frozen=True)
@@ -38,56 +55,265 @@ class SearchHit:
 class SearchResult:
     collection: Collection
     hits: list[SearchHit]
-    #: Faces compared with the query.
+    #: Faces in the collection (all compared exactly, or ranked by the graph).
     searched: int
-    #: Time spent in the index: revision check, reload if stale, ranking.
+    #: Time spent in the index: revision check, catching up if behind, ranking.
     search_ms: float
-    #: Whether this search had to load the matrix from the database.
+    #: Whether this search had to load the collection (from the database or a snapshot).
     reloaded: bool
+    #: The change-log sequence number the index was current to.
+    sequence: int = 0
+    #: Whether the approximate index proposed the candidates.
+    approximate: bool = False
 
 
 @dataclass(frozen=True)
-class IndexEntry:
-    """One collection in memory, as of ``revision``."""
+class IndexConfig:
+    """How collections are indexed (settings ``VIGIL_ANN_*``, ``VIGIL_INDEX_SNAPSHOT_DIR``)."""
 
-    name: str
-    revision: int
-    ids: list[str]
-    labels: list[str]
-    matrix: np.ndarray  # (n, d) float32, read-only
-    sq_norms: np.ndarray  # (n,) float32
+    #: From this many faces on, a collection gets an HNSW graph; below, exact search only.
+    ann_min_faces: int = 50_000
+    #: Candidates the graph proposes, re-scored exactly (at least top_k are always asked).
+    ann_candidates: int = 64
+    #: usearch's scalar kind for the graph's copy of the vectors: "f16" or "i8".
+    ann_dtype: str = "f16"
+    #: Graph degree (usearch connectivity, HNSW M).
+    ann_connectivity: int = 16
+    #: Breadth of the graph construction (efConstruction).
+    ann_expansion_add: int = 128
+    #: Threads that build a graph from scratch (at load).
+    build_threads: int = 2
+    #: Where collections are saved (one folder per collection id); None: no snapshots.
+    snapshot_dir: Path | None = None
+    #: Only collections with at least this many faces are saved (small ones load fast anyway).
+    snapshot_min_faces: int = 10_000
+
+
+class CollectionIndex:
+    """One collection's faces in memory, current to change ``seq``.
+
+    Faces live in slots (rows of ``vectors``) that are never reused while a graph exists (its keys
+    are the slot numbers); a removed face leaves an empty slot (id "", norm +inf, so exact ranking
+    puts it last). Exact-only collections compact when half their slots are empty.
+    """
+
+    def __init__(self, collection_id: str, name: str, seq: int, config: IndexConfig) -> None:
+        self.collection_id = collection_id
+        self.name = name
+        self.seq = seq
+        self.config = config
+        self.lock = threading.Lock()
+        self.vectors = np.zeros((0, DIM), np.float32)
+        self.sq_norms = np.zeros(0, np.float32)
+        self.ids: list[str] = []
+        self.labels: list[str] = []
+        self.slot_of: dict[str, int] = {}
+        self.ann: Any = None  # usearch.index.Index once large enough
+        #: The collection's ``revision`` when this copy was last known current.
+        self.revision_seen = 0
+
+    # ---- building ------------------------------------------------------------------------------
 
     @classmethod
-    def of(cls, name: str, revision: int, embeddings: repo.Embeddings) -> IndexEntry:
-        matrix = embeddings.matrix
-        return cls(
-            name=name,
-            revision=revision,
-            ids=embeddings.ids,
-            labels=embeddings.labels,
-            matrix=matrix,
-            sq_norms=np.einsum("ij,ij->i", matrix, matrix).astype(np.float32),
+    def of(
+        cls,
+        collection_id: str,
+        name: str,
+        seq: int,
+        embeddings: repo.Embeddings,
+        config: IndexConfig,
+    ) -> CollectionIndex:
+        index = cls(collection_id, name, seq, config)
+        index._fill(list(embeddings.ids), list(embeddings.labels), embeddings.matrix)
+        if index.size >= config.ann_min_faces:
+            index._build_graph()
+        return index
+
+    def _fill(self, ids: list[str], labels: list[str], matrix: np.ndarray) -> None:
+        self.vectors = np.array(matrix, dtype=np.float32, copy=True).reshape(-1, DIM)
+        self.sq_norms = np.einsum("ij,ij->i", self.vectors, self.vectors).astype(np.float32)
+        self.ids, self.labels = ids, labels
+        self.slot_of = {face_id: slot for slot, face_id in enumerate(ids) if face_id}
+        self.sq_norms[[slot for slot, face_id in enumerate(ids) if not face_id]] = np.inf
+
+    def _new_graph(self) -> Any:
+        from usearch.index import Index
+
+        return Index(
+            ndim=DIM,
+            metric="l2sq",
+            dtype=self.config.ann_dtype,
+            connectivity=self.config.ann_connectivity,
+            expansion_add=self.config.ann_expansion_add,
+            expansion_search=max(64, self.config.ann_candidates),
         )
+
+    def _build_graph(self) -> None:
+        started = time.perf_counter()
+        graph = self._new_graph()
+        slots = np.fromiter(self.slot_of.values(), dtype=np.uint64, count=len(self.slot_of))
+        slots.sort()
+        if len(slots):
+            graph.add(
+                slots, self.vectors[slots.astype(np.int64)], threads=self.config.build_threads
+            )
+        self.ann = graph
+        log.info(
+            "collection %s: HNSW graph of %d faces built in %.1f s",
+            self.name,
+            len(slots),
+            time.perf_counter() - started,
+        )
+
+    # ---- changes -------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return len(self.slot_of)
+
+    def add(self, face_id: str, label: str, vector: np.ndarray) -> None:
+        """Add a face (a face already here is left as it is: changes may be seen twice)."""
+        if face_id in self.slot_of:
+            return
+        slot = len(self.ids)
+        if slot == len(self.vectors):  # grow by half: amortized O(1) per add
+            grown = max(1024, slot + slot // 2)
+            self.vectors = np.resize(self.vectors, (grown, DIM))
+            self.sq_norms = np.resize(self.sq_norms, grown)
+        self.vectors[slot] = vector
+        self.sq_norms[slot] = float(np.dot(vector, vector))
+        self.ids.append(face_id)
+        self.labels.append(label)
+        self.slot_of[face_id] = slot
+        if self.ann is not None:
+            self.ann.add(slot, self.vectors[slot])
+        elif self.size >= self.config.ann_min_faces:
+            self._build_graph()
+
+    def remove(self, face_id: str) -> None:
+        slot = self.slot_of.pop(face_id, None)
+        if slot is None:
+            return
+        self.ids[slot] = ""
+        self.labels[slot] = ""
+        self.sq_norms[slot] = np.inf
+        if self.ann is not None:
+            self.ann.remove(slot)
+        elif len(self.ids) >= 1024 and self.size < len(self.ids) // 2:
+            self._compact()
+
+    def _compact(self) -> None:
+        live = sorted(self.slot_of.values())
+        self._fill([self.ids[i] for i in live], [self.labels[i] for i in live], self.vectors[live])
+
+    def apply(self, change: face_changes.Change) -> None:
+        if change.seq <= self.seq:
+            return
+        if change.op == face_changes.ADD and change.embedding is not None:
+            vector = np.frombuffer(change.embedding, dtype="<f4")
+            if vector.shape == (DIM,):
+                self.add(change.face_id, change.person_label or "", vector.astype(np.float32))
+        elif change.op == face_changes.REMOVE:
+            self.remove(change.face_id)
+        self.seq = change.seq
+
+    # ---- searching -----------------------------------------------------------------------------
+
+    def search(self, q: np.ndarray, top_k: int) -> list[SearchHit]:
+        """The ``top_k`` faces nearest to ``q``, nearest first (caller holds ``lock``)."""
+        k = min(top_k, self.size)
+        if k == 0:
+            return []
+        if self.ann is not None:
+            count = min(max(self.config.ann_candidates, k), self.size)
+            candidates = np.asarray(self.ann.search(q, count).keys, dtype=np.int64)
+        else:
+            used = len(self.ids)
+            # ‖m - q‖² = |m|² - 2 m·q + |q|²; |q|² ranks nothing. Empty slots are +inf.
+            ranking = self.vectors[:used] @ q
+            ranking *= -2.0
+            ranking += self.sq_norms[:used]
+            candidates = np.argpartition(ranking, k - 1)[:k] if k < used else np.arange(used)
+        candidates = candidates[np.isfinite(self.sq_norms[candidates])]
+        exact = np.linalg.norm(self.vectors[candidates] - q, axis=1)
+        order = np.argsort(exact, kind="stable")[:k]
+        return [
+            SearchHit(
+                face_id=self.ids[int(candidates[i])],
+                person_label=self.labels[int(candidates[i])],
+                distance=float(exact[i]),
+            )
+            for i in order
+        ]
 
     @property
     def nbytes(self) -> int:
-        return int(self.matrix.nbytes + self.sq_norms.nbytes)
+        graph = int(self.ann.memory_usage) if self.ann is not None else 0
+        return int(self.vectors.nbytes + self.sq_norms.nbytes) + graph
+
+    # ---- snapshots -----------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> None:
+        """Write this collection to ``folder`` (replaced atomically: a new folder, renamed)."""
+        staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        used = len(self.ids)
+        np.save(staging / "vectors.npy", self.vectors[:used])
+        if self.ann is not None:
+            self.ann.save(str(staging / "graph.usearch"))
+        meta = {
+            "collection_id": self.collection_id,
+            "name": self.name,
+            "seq": self.seq,
+            "ids": self.ids,
+            "labels": self.labels,
+            "ann_dtype": self.config.ann_dtype,
+        }
+        (staging / "meta.json").write_text(json.dumps(meta))
+        old = folder.with_name(folder.name + f".old{os.getpid()}")
+        if folder.exists():
+            folder.rename(old)
+        staging.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+    @classmethod
+    def load(cls, folder: Path, config: IndexConfig) -> CollectionIndex:
+        meta = json.loads((folder / "meta.json").read_text())
+        index = cls(meta["collection_id"], meta["name"], int(meta["seq"]), config)
+        index._fill(list(meta["ids"]), list(meta["labels"]), np.load(folder / "vectors.npy"))
+        graph_file = folder / "graph.usearch"
+        if graph_file.exists() and meta.get("ann_dtype") == config.ann_dtype:
+            graph = index._new_graph()
+            graph.load(str(graph_file))
+            index.ann = graph
+        elif index.size >= config.ann_min_faces:
+            index._build_graph()
+        return index
 
 
 _Key = tuple[str, str]  # (company_id, collection_id)
 
 
 class FaceIndex:
-    """Per-collection search matrices, cached by revision. One per process (``app.face_index``)."""
+    """Every loaded collection, kept current from the change log. One per process
+    (``app.face_index``)."""
 
-    def __init__(self, prune_every_s: float = 60.0) -> None:
+    def __init__(self, config: IndexConfig | None = None, prune_every_s: float = 60.0) -> None:
+        self.config = config or IndexConfig()
         self.prune_every_s = prune_every_s
-        self._entries: dict[_Key, IndexEntry] = {}
+        self._entries: dict[_Key, CollectionIndex] = {}
         self._load_locks: dict[_Key, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._last_prune = time.monotonic()
-        #: How many times a matrix was (re)loaded from the database (for tests and metrics).
+        #: Every change up to this sequence number is applied to every loaded collection
+        #: (None until the first sync or load).
+        self.sequence: int | None = None
+        #: How many times a collection was loaded whole (for tests and metrics).
         self.loads = 0
+        #: How many changes were applied one by one.
+        self.applied = 0
 
     # ---- searching -----------------------------------------------------------------------------
 
@@ -112,14 +338,19 @@ class FaceIndex:
         *,
         session: Session,
         model: tuple[str, str] | None = None,
+        min_sequence: int = 0,
     ) -> SearchResult:
         """Like ``search``, with the collection, the number searched and the time taken.
 
         ``model`` (name, version) is the query template's model; it must be the collection's.
+        ``min_sequence``: the index first applies the change log up to at least this number
+        (InvalidArgument if the log has not reached it: no write returned such a number).
         """
         started = time.perf_counter()
         if top_k < 1:
             raise InvalidArgument(f"top_k is {top_k}; it must be at least 1")
+        if min_sequence < 0:
+            raise InvalidArgument(f"min_sequence is {min_sequence}; it must not be negative")
         try:
             collection = repo.get_collection(
                 collection_name, company_id=company_id, session=session
@@ -130,49 +361,164 @@ class FaceIndex:
         if model is not None:
             repo.check_model(collection, *model)
         q = repo.check_embedding(query)
-        entry, reloaded = self._entry(company_id, collection, session)
-        hits = rank(entry, q, top_k)
+        if min_sequence and (self.sequence or 0) < min_sequence:
+            reached = self.sync(session)
+            if reached < min_sequence:
+                raise InvalidArgument(
+                    f"min_sequence {min_sequence} is ahead of the change log (at {reached}): "
+                    "use the sequence an AddFace or RemoveFace returned"
+                )
+        entry, loaded = self._entry(company_id, collection, session)
+        with entry.lock:
+            hits = entry.search(q, top_k)
+            searched, approximate = entry.size, entry.ann is not None
         self._maybe_prune(session)
         return SearchResult(
             collection=collection,
             hits=hits,
-            searched=len(entry.ids),
+            searched=searched,
             search_ms=(time.perf_counter() - started) * 1000,
-            reloaded=reloaded,
+            reloaded=loaded,
+            sequence=max(self.sequence or 0, entry.seq),
+            approximate=approximate,
         )
 
-    # ---- the cache -----------------------------------------------------------------------------
+    # ---- keeping current -----------------------------------------------------------------------
+
+    def sync(self, session: Session) -> int:
+        """Apply every change committed since the last sync to the loaded collections; returns
+        the sequence number the index is now current to."""
+        with self._sync_lock:
+            if self.sequence is None:  # nothing loaded yet: nothing to apply
+                self.sequence = face_changes.latest(session)
+                return self.sequence
+            while True:
+                changes = face_changes.since(self.sequence, session=session)
+                if not changes:
+                    return self.sequence
+                self._apply(changes)
+                self.sequence = changes[-1].seq
+
+    def _apply(self, changes: list[face_changes.Change]) -> None:
+        for change in changes:
+            key = (change.company_id, change.collection_id)
+            if change.op == face_changes.DROP:
+                self.evict(*key)
+                continue
+            with self._lock:
+                entry = self._entries.get(key)
+            if entry is None or change.seq <= entry.seq:
+                continue
+            with entry.lock:
+                entry.apply(change)
+            self.applied += 1
+
+    def _catch_up(self, entry: CollectionIndex, session: Session) -> None:
+        """Apply the collection's own changes after its ``seq`` (caller holds the sync lock)."""
+        while True:
+            changes = face_changes.since(
+                entry.seq, session=session, collection_id=entry.collection_id
+            )
+            if not changes:
+                return
+            with entry.lock:
+                for change in changes:
+                    entry.apply(change)
+            self.applied += len(changes)
+
+    def follow(self, database: Database, poll_s: float) -> face_changes.ChangeFollower:
+        """Start applying the change log in the background (LISTEN on PostgreSQL, else polling)."""
+
+        def apply() -> int:
+            with database.session() as session:
+                return self.sync(session)
+
+        listen_url = None if database.sqlite else face_changes.libpq_url(database.url)
+        return face_changes.ChangeFollower(apply, listen_url=listen_url, poll_s=poll_s).start()
+
+    # ---- loading -------------------------------------------------------------------------------
 
     def _entry(
         self, company_id: str, collection: Collection, session: Session
-    ) -> tuple[IndexEntry, bool]:
+    ) -> tuple[CollectionIndex, bool]:
         key = (company_id, collection.id)
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry.revision >= collection.revision:
-                return entry, False
+        if entry is not None:
+            if entry.revision_seen < collection.revision:
+                # Changed since we last looked (here or on another replica) and the follower has
+                # not applied it yet: the log has it (it was committed before the row was read).
+                self.sync(session)
+                entry.revision_seen = collection.revision
+            return entry, False
+        with self._lock:
             load_lock = self._load_locks.setdefault(key, threading.Lock())
         with load_lock:
             with self._lock:  # another thread may have loaded it meanwhile
                 entry = self._entries.get(key)
-                if entry is not None and entry.revision >= collection.revision:
-                    return entry, False
-            # The revision was read before the faces: a change committed in between makes the
-            # matrix newer than its tag, which costs one extra reload, never a stale answer.
-            loaded = repo.load_embeddings(collection.id, company_id=company_id, session=session)
-            entry = IndexEntry.of(collection.name, collection.revision, loaded)
-            with self._lock:
-                current = self._entries.get(key)
-                if current is None or current.revision <= entry.revision:
+            if entry is not None:
+                return entry, False
+            entry = self._load(company_id, collection, session)
+            with self._sync_lock:
+                # Changes committed while it loaded; from now on sync applies them.
+                self._catch_up(entry, session)
+                if self.sequence is None:
+                    self.sequence = entry.seq
+                with self._lock:
                     self._entries[key] = entry
-                self.loads += 1
-                self._evict_other_ids(company_id, collection.name, collection.id)
+                    self.loads += 1
+                    self._evict_other_ids(company_id, collection.name, collection.id)
+            entry.revision_seen = collection.revision
             return entry, True
+
+    def _load(self, company_id: str, collection: Collection, session: Session) -> CollectionIndex:
+        folder = self._snapshot_folder(collection.id)
+        if folder is not None and (folder / "meta.json").exists():
+            try:
+                entry = CollectionIndex.load(folder, self.config)
+                if entry.collection_id == collection.id:
+                    return entry
+            except (OSError, ValueError, KeyError, RuntimeError):
+                log.exception(
+                    "collection %s: snapshot unreadable; loading it whole", collection.name
+                )
+        seq = face_changes.latest(session)  # read first: a later change is replayed, not lost
+        embeddings = repo.load_embeddings(collection.id, company_id=company_id, session=session)
+        entry = CollectionIndex.of(collection.id, collection.name, seq, embeddings, self.config)
+        if entry.ann is not None:  # a graph took a while to build: keep it for the next start
+            self._save(entry)
+        return entry
+
+    # ---- snapshots -----------------------------------------------------------------------------
+
+    def _snapshot_folder(self, collection_id: str) -> Path | None:
+        if self.config.snapshot_dir is None:
+            return None
+        return self.config.snapshot_dir / collection_id
+
+    def _save(self, entry: CollectionIndex) -> bool:
+        folder = self._snapshot_folder(entry.collection_id)
+        if folder is None or entry.size < self.config.snapshot_min_faces:
+            return False
+        with entry.lock:
+            entry.save(folder)
+        return True
+
+    def save_snapshots(self) -> int:
+        """Save every loaded collection large enough; returns how many were saved."""
+        with self._lock:
+            entries = list(self._entries.values())
+        return sum(self._save(entry) for entry in entries)
+
+    # ---- eviction ------------------------------------------------------------------------------
 
     def evict(self, company_id: str, collection_id: str) -> None:
         with self._lock:
             self._entries.pop((company_id, collection_id), None)
             self._load_locks.pop((company_id, collection_id), None)
+        folder = self._snapshot_folder(collection_id)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _evict_name(self, company_id: str, name: str) -> None:
         with self._lock:
@@ -219,29 +565,6 @@ class FaceIndex:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes held by the matrices (and their norms)."""
+        """Bytes held by the vectors, their norms and the graphs."""
         with self._lock:
             return sum(entry.nbytes for entry in self._entries.values())
-
-
-def rank(entry: IndexEntry, q: np.ndarray, top_k: int) -> list[SearchHit]:
-    """The ``top_k`` faces of ``entry`` nearest to ``q``, nearest first."""
-    n = len(entry.ids)
-    if n == 0:
-        return []
-    # ‖m - q‖² = |m|² - 2 m·q + |q|²; |q|² ranks nothing. In place: no n-sized temporaries.
-    ranking = entry.matrix @ q
-    ranking *= -2.0
-    ranking += entry.sq_norms
-    k = min(top_k, n)
-    candidates = np.argpartition(ranking, k - 1)[:k] if k < n else np.arange(n)
-    exact = np.linalg.norm(entry.matrix[candidates] - q, axis=1)
-    order = np.argsort(exact, kind="stable")
-    return [
-        SearchHit(
-            face_id=entry.ids[int(candidates[i])],
-            person_label=entry.labels[int(candidates[i])],
-            distance=float(exact[i]),
-        )
-        for i in order
-    ]

@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -233,3 +233,26 @@ class Challenge(SQLModel, table=True):
     consumed_at: datetime | None = None
     #: The answer's resolution (a Resolution name), "" until answered.
     outcome: str = Field(default="", max_length=32)
+
+
+class FaceChange(SQLModel, table=True):
+    """The collections' change log: every face added or removed, and every collection dropped.
+
+    ``seq`` grows in commit order (writers serialize on a lock, storage.face_changes), so a replica
+    that has applied every change up to ``seq`` is current to it.
+    """
+
+    __table_args__ = (Index("ix_facechange_collection_seq", "collection_id", "seq"),)
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    company_id: str = Field(max_length=32)
+    collection_id: str = Field(max_length=32)
+    #: The face added or removed ("" for a dropped collection).
+    face_id: str = Field(default="", max_length=32)
+    #: "add", "remove" or "drop".
+    op: str = Field(max_length=8)
+    created_at: datetime = Field(default_factory=utcnow)

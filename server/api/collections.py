@@ -14,14 +14,25 @@ from vigil.server.context import AppContext
 from vigil.server.rpc import Context
 from vigil.server.security.permissions import may_choose_threshold
 from vigil.server.security.principal import acting_company, current_principal
+from vigil.server.settings import Settings
 from vigil.storage import collections as repo
 from vigil.storage import folders
 from vigil.storage.common import page_size
-from vigil.storage.face_index import FaceIndex
+from vigil.storage.face_index import FaceIndex, IndexConfig
 from vigil.storage.results import FaceRecord
 from vigil.v1 import collections_pb2, collections_pb2_grpc, common_pb2
 
 _MODEL = (DLIB_RESNET.name, DLIB_RESNET.version)
+
+
+def index_config(settings: Settings) -> IndexConfig:
+    """How this replica indexes collections (VIGIL_ANN_*, VIGIL_INDEX_SNAPSHOT_DIR)."""
+    return IndexConfig(
+        ann_min_faces=settings.ann_min_faces,
+        ann_candidates=settings.ann_candidates,
+        ann_dtype=settings.ann_dtype,
+        snapshot_dir=settings.resolved_index_snapshot_dir,
+    )
 
 
 class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
@@ -97,10 +108,12 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
             source_media_id=media_id,
             face=FaceRecord.of(subject.face) if subject is not None else None,
         )
-        _, face = await self.app.db(
-            lambda s: repo.add_face(name, new, company_id=company_id, session=s)
+        _, face, sequence = await self.app.db(
+            lambda s: repo.add_face_with_sequence(name, new, company_id=company_id, session=s)
         )
-        return cc.collection_face_message(face, name)
+        message = cc.collection_face_message(face, name)
+        message.sequence = sequence
+        return message
 
     async def RemoveFace(
         self, request: collections_pb2.RemoveFaceRequest, context: Context
@@ -110,10 +123,10 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
         if not request.face_id:
             raise InvalidArgument("face_id is required")
         face_id = request.face_id
-        await self.app.db(
+        sequence = await self.app.db(
             lambda s: repo.remove_face(name, face_id, company_id=company_id, session=s)
         )
-        return collections_pb2.RemoveFaceResponse()
+        return collections_pb2.RemoveFaceResponse(sequence=sequence)
 
     async def ListFaces(
         self, request: collections_pb2.ListFacesRequest, context: Context
@@ -144,6 +157,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
         threshold = cc.threshold_of(
             request.threshold, self.app.engine.config.thresholds.search_distance
         )
+        min_sequence = cc.min_sequence_of(request.min_sequence)
         query = request.WhichOneof("query")
         subject: Subject | None = None
         if query == "template":
@@ -163,6 +177,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
                 top_k,
                 session=session,
                 model=model,
+                min_sequence=min_sequence,
             )
             rows = repo.faces_by_id(
                 found.collection.id,
@@ -180,6 +195,7 @@ class CollectionsServicer(collections_pb2_grpc.CollectionsServicer):
                 threshold=threshold,
                 searched=found.searched,
                 search_ms=found.search_ms,
+                sequence=found.sequence,
             )
 
         response = await self.app.db(work)

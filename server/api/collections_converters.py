@@ -74,3 +74,10 @@ def threshold_of(requested: float, default: float) -> float:
     if requested == 0:
         return default
     return chosen_threshold(requested, False, "threshold")
+
+
+def min_sequence_of(requested: int) -> int:
+    """SearchRequest.min_sequence: a sequence number a write returned, 0 for none."""
+    if requested < 0:
+        raise InvalidArgument(f"min_sequence is {requested}; it must not be negative (0: none)")
+    return requested

@@ -435,10 +435,11 @@ class SearchRequest(_message.Message):
     threshold: _builtins.float
     """Distance below which a result is a match (0: the server's default)."""
     min_sequence: _builtins.int
-    """Read-your-writes: the replica answers only once its index has applied the collection
-    changes up to this sequence number (AddFace's CollectionFace.sequence, RemoveFace's
-    sequence), waiting for them up to the call's deadline (DEADLINE_EXCEEDED after that).
-    0: no wait (the index is at most about a second behind).
+    """Read-your-writes: the replica first applies the collections' change log up to at least
+    this sequence number (AddFace's CollectionFace.sequence, RemoveFace's sequence), so the
+    search sees that write on any replica. INVALID_ARGUMENT for a number no write returned yet.
+    0: no such wait (a change made on another replica is seen within VIGIL_INDEX_POLL_S, or at
+    once through the collection's revision check).
     """
     @_builtins.property
     def image(self) -> _common_pb2.Media: ...
