@@ -40,6 +40,7 @@ from vigil.server.security.auth import AuthInterceptor
 from vigil.server.security.state import Security, build_security
 from vigil.server.security.tls import server_credentials
 from vigil.server.settings import Settings
+from vigil.server.shared_state import SharedState, SharedStateWatch
 from vigil.storage.blobs import LocalBlobStore
 from vigil.storage.common import set_page_token_key
 from vigil.storage.db import Database, migrate
@@ -238,6 +239,9 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
     """Open the app, then serve on ``settings.port`` with workers running beside."""
     credentials = server_credentials(settings)  # refuses plaintext unless allowed, before loading
     app = await open_app(settings, engine)
+    if settings.redis_url:
+        app.shared = SharedState(settings.redis_url, settings.redis_prefix)
+        await app.shared.ping()
     security = build_security(app)
     set_page_token_key(security.signer.derived_key(b"vigil page tokens"))
     max_message = settings.resolved_max_message_bytes
@@ -282,6 +286,10 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
     await health_servicer.set("", serving)
     for name in SERVICE_NAMES:
         await health_servicer.set(name, serving)
+    if app.shared is not None:
+        shared_watch = SharedStateWatch(app.shared, health_servicer)
+        shared_watch.start()
+        background.append(shared_watch)
     # After SERVING is set: NOT_SERVING for good once a model fails beyond repair (GPU).
     watch = HealthWatch(app.engine, health_servicer, SERVICE_NAMES)
     watch.start()

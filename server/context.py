@@ -29,6 +29,7 @@ from vigil.inference.engine import Engine
 from vigil.inference.errors import DeadlineExpired, Overloaded
 from vigil.server.metrics import CACHE_ENTRIES, COMPANY_QUERIES_REFUSED, DB_CALLS_WAITING
 from vigil.server.settings import Settings
+from vigil.server.shared_state import SharedState
 from vigil.storage.blobs import LocalBlobStore
 from vigil.storage.db import Database
 from vigil.storage.face_changes import ChangeFollower
@@ -133,6 +134,8 @@ class AppContext:
     #: Fire-and-forget writes (audit events) still running; kept so they are not collected.
     background_writes: set[asyncio.Task[None]] = field(default_factory=set)
     company_slots: CompanySlots = field(init=False)
+    #: The Redis the replicas share (VIGIL_REDIS_URL); None: everything stays in this process.
+    shared: SharedState | None = None
 
     def __post_init__(self) -> None:
         self.db_executor = ThreadPoolExecutor(

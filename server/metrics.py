@@ -35,6 +35,12 @@ CACHE_EVICTIONS = Counter(
     ["cache"],
 )
 
+REDIS_UP = Gauge(
+    "vigil_redis_up",
+    "1 while the shared Redis (VIGIL_REDIS_URL) answered the last call, 0 when it did not "
+    "(rate limits, lockouts and replay memory then fall back to this replica)",
+)
+
 BACKEND_INFO = Gauge(
     "vigil_backend_info",
     "1 for the inference backend and precision the models run (VIGIL_BACKEND auto resolved)",

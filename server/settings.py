@@ -158,6 +158,15 @@ class Settings(BaseSettings):
     """Replay memory: media hashes remembered (least recently seen forgotten first)."""
     replay_max_frames: int = 50_000
     """Replay memory: perceptual hashes of sampled frames remembered (a ring; 32 bytes each)."""
+    replay_ttl_s: float = 86_400.0
+    """Replay memory in Redis (VIGIL_REDIS_URL): how long a media hash or frame fingerprint is
+    remembered after it was last seen."""
+    redis_url: str | None = None
+    """Redis shared by the replicas (redis://host:6379/0): rate limits, address lockouts, replay
+    memory and credential revocations then hold across replicas. Unset: each replica keeps them
+    in its own memory."""
+    redis_prefix: str = "vigil:"
+    """Prefix of every Redis key and channel vigil uses (several deployments on one Redis)."""
     database_url: str | None = None
     """SQLAlchemy URL of the database; default SQLite at <data_dir>/vigil.db. PostgreSQL:
     postgresql+psycopg://user:password@host:5432/dbname."""

@@ -1,7 +1,8 @@
 """Video liveness for the servicers and the analysis runner: settings → engine objects.
 
-The replay memory is per replica (one per engine, shared by the Instant API, the live stream and
-the persistent analyses of this process); replicas behind a load balancer do not share it.
+The replay memory is one per engine, shared by the Instant API, the live stream, the challenge
+answers and the persistent analyses of this process; with ``VIGIL_REDIS_URL`` it lives in Redis
+and every replica and worker shares it (``server/shared_state.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from vigil.inference.video.stream import StreamConfig
 from vigil.inference.video.types import Capture
 from vigil.server.metrics import CACHE_ENTRIES
 from vigil.server.settings import Settings
+from vigil.server.shared_state import SharedReplayMemory
 from vigil.v1 import video_pb2
 
 _MEMORIES: weakref.WeakKeyDictionary[Engine, ReplayMemory] = weakref.WeakKeyDictionary()
@@ -25,15 +27,24 @@ _MEMORIES: weakref.WeakKeyDictionary[Engine, ReplayMemory] = weakref.WeakKeyDict
 
 def replay_memory_for(engine: Engine, settings: Settings | None = None) -> ReplayMemory:
     """The engine's replay memory, made on first use with the settings' bounds
-    (``VIGIL_REPLAY_MAX_MEDIA``, ``VIGIL_REPLAY_MAX_FRAMES``); sizes in ``vigil_cache_entries``."""
+    (``VIGIL_REPLAY_MAX_MEDIA``, ``VIGIL_REPLAY_MAX_FRAMES``; in Redis, ``VIGIL_REPLAY_TTL_S``);
+    sizes of this process' memory in ``vigil_cache_entries``."""
     memory = _MEMORIES.get(engine)
     if memory is not None:
         return memory
-    made = (
-        ReplayMemory()
-        if settings is None
-        else ReplayMemory(settings.replay_max_media, settings.replay_max_frames)
-    )
+    made: ReplayMemory
+    if settings is None:
+        made = ReplayMemory()
+    elif settings.redis_url:
+        made = SharedReplayMemory(
+            settings.redis_url,
+            settings.redis_prefix,
+            settings.replay_ttl_s,
+            settings.replay_max_media,
+            settings.replay_max_frames,
+        )
+    else:
+        made = ReplayMemory(settings.replay_max_media, settings.replay_max_frames)
     _MEMORIES[engine] = made
     CACHE_ENTRIES.labels("replay_media").set_function(lambda: made.media_count)
     CACHE_ENTRIES.labels("replay_frames").set_function(lambda: made.frame_count)

@@ -1,6 +1,7 @@
 """Replay memory: media and frames this replica has seen, to flag the same capture sent twice.
 
-Two bounded, in-process memories (per replica — replicas do not share them):
+Two bounded, in-process memories (per process; ``vigil.server.shared_state.SharedReplayMemory``
+keeps them in Redis for all replicas and falls back to these):
 
 - media hashes (sha256 of the bytes, or of a stream's frames) in an LRU of ``max_media``;
 - perceptual hashes of sampled frames (a 256-bit difference hash of the whole frame) in a ring of

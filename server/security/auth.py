@@ -32,6 +32,7 @@ from vigil.server.security.principal import CURRENT, Principal
 from vigil.server.security.rate_limit import BoundedLRU, FailureTracker, TokenBuckets
 from vigil.server.security.redaction import redact
 from vigil.server.security.tokens import Signer
+from vigil.server.shared_state import SharedState
 from vigil.storage import credentials
 from vigil.storage.tables import AuditEvent
 
@@ -70,6 +71,11 @@ class Authenticator:
     database threads reserved for them, so they never wait behind a company's queries.
 
     ``clock`` (seconds, monotonic) times the credential cache, the lockout and the rate limits.
+
+    With a shared Redis (``app.shared``), the lockout and rate limits are counted there, and a
+    cached credential is used only while the replicas' credential generation is the one it was
+    cached under (a revocation on any replica bumps it); while Redis is unreachable, lockouts and
+    limits are counted here and no credential is taken from the cache.
     """
 
     CACHE_S = 2.0
@@ -88,9 +94,12 @@ class Authenticator:
             settings.rate_limit_per_s, settings.rate_limit_burst, clock, max_keys
         )
         self._clock = clock
-        self._cache: BoundedLRU[str, tuple[float, Principal]] = BoundedLRU(
+        self._cache: BoundedLRU[str, tuple[float, Principal, int | None]] = BoundedLRU(
             "credentials", settings.credential_cache_size
         )
+        self.shared: SharedState | None = app.shared
+        if self.shared is not None:
+            self.shared.on_revoked = self._cache.clear
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -112,15 +121,62 @@ class Authenticator:
             )
 
     def record_failure(self, context: rpc.Context) -> None:
-        self.failures.fail(_peer_host(context))
+        host = _peer_host(context)
+        self.failures.fail(host)
+        shared = self.shared
+        if shared is None or not shared.up:
+            return
+        settings = self.app.settings
+
+        async def count() -> None:
+            with contextlib.suppress(Exception):  # Redis down: counted on this replica only
+                await shared.fail(host, settings.auth_max_failures, settings.auth_lockout_s)
+
+        task = asyncio.get_running_loop().create_task(count())
+        self.app.background_writes.add(task)
+        task.add_done_callback(self.app.background_writes.discard)
 
     def forget(self) -> None:
-        """Drop cached credentials (after a revocation or a user is disabled on this replica)."""
+        """Drop cached credentials (after a revocation or a user is disabled): here, and with a
+        shared Redis on every replica before this returns."""
         self._cache.clear()
+        if self.shared is not None:
+            self.shared.revoke()
+
+    async def _gate(self, context: rpc.Context) -> int | None:
+        """Refuse a locked-out address; the credential generation (None: use no cache)."""
+        if self.shared is None:
+            self.check_lockout(context)
+            return 0
+        settings = self.app.settings
+        try:
+            remaining, generation = await self.shared.gate(
+                _peer_host(context), settings.auth_max_failures, settings.auth_lockout_s
+            )
+        except Exception:  # Redis down: this replica's lockouts, no cache
+            self.check_lockout(context)
+            return None
+        if remaining > 0:
+            raise RateLimited(
+                f"too many failed authentications from this address; retry in {remaining:.0f} s",
+                remaining,
+            )
+        return generation
+
+    async def _take(self, actor: str) -> float:
+        if self.shared is not None and self.shared.up:
+            settings = self.app.settings
+            try:
+                return await self.shared.take(
+                    actor, settings.rate_limit_per_s, settings.rate_limit_burst
+                )
+            except Exception:
+                pass  # Redis down: this replica's buckets
+        return self.buckets.take(actor)
 
     async def authenticate(self, context: rpc.Context) -> Principal:
         metadata = _metadata(context)
-        self.check_lockout(context)
+        generation = await self._gate(context)
         key = metadata.get("x-api-key", "")
         bearer = metadata.get("authorization", "")
         if not key and not bearer:
@@ -128,20 +184,24 @@ class Authenticator:
                 "this call needs a credential: x-api-key or authorization: Bearer"
             )
         try:
-            principal = await self._principal(key, bearer)
+            principal = await self._principal(key, bearer, generation)
         except Unauthenticated:
             self.record_failure(context)
             raise
         principal = await self._acting(principal, metadata.get(COMPANY_METADATA_KEY, ""))
-        wait = self.buckets.take(principal.actor)
+        wait = await self._take(principal.actor)
         if wait > 0:
             raise RateLimited(f"rate limit of this credential reached; retry in {wait:.2f} s", wait)
         return principal
 
-    async def _principal(self, key: str, bearer: str) -> Principal:
+    async def _principal(self, key: str, bearer: str, generation: int | None) -> Principal:
         cache_key = key or bearer
-        cached = self._cache.get(cache_key)
-        if cached is not None and self._clock() - cached[0] < self.CACHE_S:
+        cached = self._cache.get(cache_key) if generation is not None else None
+        if (
+            cached is not None
+            and self._clock() - cached[0] < self.CACHE_S
+            and cached[2] == generation
+        ):
             return cached[1]
         if key:
             principal = await self.app.auth_db(lambda s: self._from_key(key, s))
@@ -151,7 +211,8 @@ class Authenticator:
                 raise Unauthenticated("authorization must be 'Bearer <access token>'")
             claims = self.signer.verify(token.strip(), "access")
             principal = await self.app.auth_db(lambda s: self._from_claims(claims, s))
-        self._cache.put(cache_key, (self._clock(), principal))
+        if generation is not None:
+            self._cache.put(cache_key, (self._clock(), principal, generation))
         return principal
 
     @staticmethod
