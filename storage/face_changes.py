@@ -165,7 +165,6 @@ class ChangeFollower:
             while not self._stop.is_set():
                 # Wake on the first notification (or after poll_s), take the rest of a burst,
                 # then apply: a notification that comes later wakes the next turn.
-                for _ in conn.notifies(timeout=self._poll_s, stop_after=1):
-                    for _ in conn.notifies(timeout=0.0):
-                        pass
+                if list(conn.notifies(timeout=self._poll_s, stop_after=1)):
+                    list(conn.notifies(timeout=0.01))
                 self._turn()

@@ -314,6 +314,8 @@ class FaceIndex:
         self.loads = 0
         #: How many changes were applied one by one.
         self.applied = 0
+        #: How many of the loads came from a snapshot.
+        self.snapshot_loads = 0
 
     # ---- searching -----------------------------------------------------------------------------
 
@@ -477,6 +479,7 @@ class FaceIndex:
             try:
                 entry = CollectionIndex.load(folder, self.config)
                 if entry.collection_id == collection.id:
+                    self.snapshot_loads += 1
                     return entry
             except (OSError, ValueError, KeyError, RuntimeError):
                 log.exception(
@@ -556,6 +559,20 @@ class FaceIndex:
         self.prune(session)
 
     # ---- introspection -------------------------------------------------------------------------
+
+    def holds(self, company_id: str, collection_id: str, face_id: str) -> bool | None:
+        """Whether this replica's copy of the collection has the face (None: not loaded)."""
+        with self._lock:
+            entry = self._entries.get((company_id, collection_id))
+        if entry is None:
+            return None
+        with entry.lock:
+            return face_id in entry.slot_of
+
+    def collection(self, company_id: str, collection_id: str) -> CollectionIndex | None:
+        """The loaded copy of a collection, if any (for tests and benchmarks)."""
+        with self._lock:
+            return self._entries.get((company_id, collection_id))
 
     @property
     def cached(self) -> int:
