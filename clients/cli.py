@@ -9,9 +9,11 @@ distribution to install.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from typing import TypeAlias
 
 from vigil.client.admin_cli import add_admin_commands
@@ -27,11 +29,35 @@ AddCommands: TypeAlias = Callable[[Subcommands, Subcommands], None]
 SERVER_COMMANDS = ("serve", "worker", "models", "bench")
 
 
+def _version() -> str:
+    """``vigil-client X`` and, when installed, ``vigil (server) Y``."""
+    versions = []
+    for distribution, label in (("vigil-client", "vigil-client"), ("vigil", "vigil server")):
+        with contextlib.suppress(PackageNotFoundError):
+            versions.append(f"{label} {version(distribution)}")
+    return ", ".join(versions) or "vigil (version unknown: not installed as a distribution)"
+
+
+def _completion(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    # shtab writes the script from the parser itself: nothing runs at <TAB> time (argcomplete
+    # would start Python and import the CLI on every key press).
+    import shtab
+
+    print(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
 def _parser() -> tuple[argparse.ArgumentParser, set[str]]:
     """The parser, and the names of its top-level commands."""
     parser = argparse.ArgumentParser(
-        prog="vigil", description="Face liveness and matching over gRPC"
+        prog="vigil",
+        description="Face liveness and matching over gRPC",
+        epilog=(
+            "exit status: 0 done, 1 a call failed, 2 usage or an unreadable file, "
+            "3 a negative answer with --fail-on-decline (SPOOF, DECLINED, NO MATCH)"
+        ),
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     admin = sub.add_parser("admin", help="administration").add_subparsers(
         dest="admin_command", required=True
@@ -42,6 +68,14 @@ def _parser() -> tuple[argparse.ArgumentParser, set[str]]:
     add_admin_commands(admin)
     add_client_commands(sub)
     add_stream_command(sub)
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description='print a completion script: eval "$(vigil completion bash)" in ~/.bashrc; '
+        "for zsh, vigil completion zsh > ~/.zfunc/_vigil (a directory on $fpath)",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.set_defaults(handler=lambda args: _completion(parser, args))
     return parser, set(sub.choices)
 
 
@@ -64,7 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "passes_extra_arguments", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_arguments = extra
-    return int(args.handler(args))
+    try:
+        code = int(args.handler(args))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`vigil admin audit | head`): stop quietly, as other tools do.
+        # stdout is pointed at /dev/null so the interpreter's own final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+    return code
 
 
 if __name__ == "__main__":

@@ -22,12 +22,22 @@ PASSWORD = "correct horse battery staple"
 
 
 def _vigil(
-    server: ServerThread, cwd: Path, *args: str, api_key: str | None = None
+    server: ServerThread, cwd: Path, *args: str, api_key: str | None = None, json: bool = True
 ) -> subprocess.Popen[str]:
+    """``vigil admin ARGS`` (with ``--json`` unless ``json`` is False), started."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     env.update(VIGIL_API_KEY=api_key or server.admin_key, VIGIL_NEW_USER_PASSWORD=PASSWORD)
     return subprocess.Popen(
-        [sys.executable, "-m", "vigil.server", "admin", *args, "--server", server.address],
+        [
+            sys.executable,
+            "-m",
+            "vigil.server",
+            "admin",
+            *args,
+            "--server",
+            server.address,
+            *(["--json"] if json else []),
+        ],
         env=env,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
@@ -105,13 +115,53 @@ def test_admin_cli_manages_companies_keys_and_users(server: ServerThread, tmp_pa
         )
     assert _who(server, access_token=pair.access_token).user_id == user["id"]
 
-    list_run = _vigil(server, tmp_path, "key-list", "--company", company["id"])
+    # a company by its name, as well as by its id
+    list_run = _vigil(server, tmp_path, "key-list", "--company", name)
     revoke_run = _vigil(server, tmp_path, "key-revoke", key["id"])
     listed = {k["id"]: k for k in _json(list_run)["keys"]}
-    assert set(listed) == {key["id"]} and "key" not in listed[key["id"]]  # never the secret
+    assert set(listed) == {key["id"]} and not listed[key["id"]]["key"]  # never the secret
     assert listed[key["id"]]["prefix"] == key["prefix"]
     revoked = _json(revoke_run)
     assert revoked["id"] == key["id"] and revoked["revoked_at"]
     with pytest.raises(grpc.RpcError) as caught:
         _who(server, api_key=key["key"])
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_admin_cli_human_output_names_timeouts_and_a_closed_pipe(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    name = f"cli-{uuid.uuid4().hex[:10]}"
+    created = _vigil(server, tmp_path, "company-create", name, json=False)
+    code, out, err = _done(created)
+    assert code == 0 and out.startswith("id=") and f"name={name}" in out, (out, err)
+    keys = [_vigil(server, tmp_path, "key-create", "--role", "SERVICE", "--company", name)
+            for _ in range(2)]  # fmt: skip
+    ids = {_json(run)["id"] for run in keys}
+    # human: one line per key, no JSON
+    code, out, err = _done(
+        _vigil(server, tmp_path, "key-list", "--company", name, "--timeout", "20", json=False)
+    )
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2 and all(line.startswith("id=") for line in lines), out
+    assert {line.split()[0].removeprefix("id=") for line in lines} == ids
+    # an unknown company name is refused before any call acts on it
+    code, out, err = _done(_vigil(server, tmp_path, "key-list", "--company", "no-such-company"))
+    assert code == 1 and err.startswith("NOT_FOUND: ") and "no-such-company" in err, err
+
+    # `vigil admin audit | head`: the reader has gone before vigil writes; vigil says nothing
+    # and exits as a command stopped by SIGPIPE would (141)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    audit = subprocess.run(
+        [sys.executable, "-m", "vigil.server", "admin", "audit", "--server", server.address],
+        env={**env, "VIGIL_API_KEY": server.admin_key},
+        cwd=tmp_path,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(write_end)
+    assert (audit.returncode, audit.stderr) == (141, "")

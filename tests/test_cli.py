@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FACES, SHARED, SPOOF, ServerThread
+from vigil.client import VigilClient
 from vigil.client.connection import Connection, authenticated_channel
 from vigil.inference import catalog
 from vigil.v1 import common_pb2, instant_pb2, instant_pb2_grpc
@@ -88,8 +90,13 @@ def test_verify(server: ServerThread, env: dict[str, str], tmp_path: Path) -> No
 def test_detect_and_template(server: ServerThread, env: dict[str, str], tmp_path: Path) -> None:
     image = str(FACES / "obama.jpg")
     found = vigil_json("detect", image, "--server", server.address, env=env, cwd=tmp_path)
-    assert (found["width"], found["height"], found["content_type"]) == (910, 1137, "image/jpeg")
+    image_info = found["image"]
+    assert (image_info["width"], image_info["height"]) == (910, 1137)
+    assert image_info["content_type"] == "image/jpeg"
     assert len(found["faces"]) == 1 and len(found["faces"][0]["landmarks"]) == 5
+    # the contract's JSON mapping: a box is an object, as in the .proto
+    box = found["faces"][0]["box"]
+    assert set(box) == {"x", "y", "width", "height"} and box["width"] > 100
     made = vigil_json("template", image, "--server", server.address, env=env, cwd=tmp_path)
     assert len(made["template"]["values"]) == 128
     assert (made["template"]["model"], made["template"]["model_version"]) == ("dlib-resnet", "v1")
@@ -100,6 +107,65 @@ def test_human_output(server: ServerThread, env: dict[str, str], tmp_path: Path)
                  cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("SPOOF score=")
+    assert done.stdout.count("score=") == 1 and " detection=" in done.stdout
+
+
+def test_version(env: dict[str, str], tmp_path: Path) -> None:
+    done = vigil("--version", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"vigil-client {version('vigil-client')}, vigil server {version('vigil')}"
+    )
+
+
+def test_fail_on_decline_exit_codes(
+    server: ServerThread, env: dict[str, str], tmp_path: Path
+) -> None:
+    """0 for LIVE and MATCH; 3 for SPOOF and NO MATCH with --fail-on-decline (0 without)."""
+    at = ("--server", server.address, "--fail-on-decline")
+    spoof, live = str(SPOOF / "image_F1.jpg"), str(FACES / "obama.jpg")
+    other, same = str(FACES / "biden.jpg"), str(FACES / "obama2.jpg")
+    assert vigil("liveness", spoof, *at, env=env, cwd=tmp_path).returncode == 3
+    assert vigil("liveness", live, *at, env=env, cwd=tmp_path).returncode == 0
+    assert vigil("verify", live, other, *at, env=env, cwd=tmp_path).returncode == 3
+    assert vigil("verify", live, same, *at, env=env, cwd=tmp_path).returncode == 0
+    # without the flag SPOOF exits 0: test_human_output
+
+
+def test_verify_takes_a_saved_template(
+    server: ServerThread, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`vigil template --json > t.json`, then `vigil verify t.json PHOTO`: the answer of the
+    two photos."""
+    at = ("--server", server.address)
+    saved = vigil("template", str(FACES / "obama.jpg"), *at, "--json", env=env, cwd=tmp_path)
+    assert saved.returncode == 0, saved.stderr
+    (tmp_path / "obama.json").write_text(saved.stdout)
+    with VigilClient(server.address, api_key=server.admin_key) as client:
+        for photo, match in (("obama2.jpg", True), ("biden.jpg", False)):
+            by_template = vigil_json("verify", "obama.json", str(FACES / photo), *at, env=env,
+                                     cwd=tmp_path)  # fmt: skip
+            by_image = client.verify(FACES / "obama.jpg", FACES / photo)
+            assert by_template["match"] is by_image.match is match
+            assert abs(by_template["distance"] - by_image.distance) < 1e-3
+            assert by_template["distance_threshold"] == pytest.approx(by_image.distance_threshold)
+    (tmp_path / "broken.json").write_text('{"template": {"values": "no"}}')
+    done = vigil("verify", "broken.json", str(FACES / "obama.jpg"), *at, env=env, cwd=tmp_path)
+    assert done.returncode == 2 and "broken.json is not a template" in done.stderr
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_scripts(env: dict[str, str], tmp_path: Path, shell: str) -> None:
+    done = vigil("completion", shell, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for word in ("liveness", "verify", "--fail-on-decline", "company-create", "serve"):
+        assert word in done.stdout
+    if shell == "bash" and shutil.which("bash"):  # the script loads in a real bash
+        script = tmp_path / "vigil.bash"
+        script.write_text(done.stdout)
+        loaded = subprocess.run(["bash", "-c", f"source {script} && complete -p vigil"],
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert loaded.returncode == 0 and "vigil" in loaded.stdout, loaded.stderr
 
 
 def test_failed_call_exits_1_with_status_on_stderr(
