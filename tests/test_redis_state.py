@@ -8,16 +8,28 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2
 
 from tests.conftest import FACES, SPOOF
+from vigil.inference.errors import RateLimited, Unauthenticated
 from vigil.inference.video.replay import frame_hash
 from vigil.server.metrics import REDIS_UP
-from vigil.server.shared_state import SharedReplayMemory, SharedState
+from vigil.server.security.auth import Authenticator
+from vigil.server.security.principal import Principal
+from vigil.server.security.tokens import Signer
+from vigil.server.shared_state import (
+    HEALTH_SERVICE,
+    SharedReplayMemory,
+    SharedState,
+    SharedStateWatch,
+)
 
 REDIS_URL = os.environ.get("VIGIL_TEST_REDIS", "redis://127.0.0.1:6379/15")
 #: Nothing listens there: Redis "down".
@@ -139,3 +151,99 @@ async def test_redis_down_fails_open_to_this_replica_and_says_so() -> None:
     memory = SharedReplayMemory(DOWN_URL, "vigil-test-down:", ttl_s=60)
     assert memory.check_media("cd" * 32, "request-1") is None
     assert memory.check_media("cd" * 32, "request-2") == "request-1"  # this process' memory
+
+
+class _Context:
+    """The two things the authenticator reads from a call (mechanics only)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-api-key", self.key),)
+
+    def peer(self) -> str:
+        return "ipv4:10.1.2.3:5555"
+
+
+class _App:
+    """An AppContext's parts the authenticator uses; credential lookups counted, not run."""
+
+    def __init__(self, shared: SharedState, **settings: object) -> None:
+        from tests.conftest import make_settings
+
+        self.settings = make_settings(Path("/nonexistent/models"), **settings)
+        self.shared = shared
+        self.background_writes: set[asyncio.Task[None]] = set()
+        self.lookups = 0
+        self.revoked: set[str] = set()
+
+    async def auth_db(self, work: object) -> Principal:
+        self.lookups += 1
+        if "key-1" in self.revoked:
+            raise Unauthenticated("unknown API key")
+        return Principal("c1", "company", "SERVICE", "FULL", api_key_id="key-1")
+
+
+def _authenticator(app: _App) -> Authenticator:
+    signer = Signer(Ed25519PrivateKey.generate())
+    return Authenticator(app, signer)  # type: ignore[arg-type]
+
+
+async def test_a_revocation_on_one_replica_empties_every_replicas_cache_before_it_returns(
+    prefix: str,
+) -> None:
+    # No listener runs: the generation read with each call is what refuses the cached key.
+    app_a, app_b = _App(SharedState(REDIS_URL, prefix)), _App(SharedState(REDIS_URL, prefix))
+    a, b = _authenticator(app_a), _authenticator(app_b)
+    call = _Context("vgl_secret")
+    await b.authenticate(call)  # type: ignore[arg-type]
+    await b.authenticate(call)  # type: ignore[arg-type]
+    assert app_b.lookups == 1  # the second call was served from B's cache
+    app_a.revoked.add("key-1")
+    app_b.revoked.add("key-1")  # the database both read
+    await asyncio.to_thread(a.forget)  # RevokeApiKey on replica A
+    with pytest.raises(Unauthenticated):
+        await b.authenticate(call)  # type: ignore[arg-type]
+    assert app_b.lookups == 2
+    await app_a.shared.stop()
+    await app_b.shared.stop()
+
+
+async def test_with_redis_down_no_credential_is_cached_and_limits_hold_per_replica() -> None:
+    app = _App(
+        SharedState(DOWN_URL, "vigil-test-down:"), rate_limit_per_s=0.001, rate_limit_burst=3
+    )
+    authenticator = _authenticator(app)
+    call = _Context("vgl_secret")
+    for _ in range(3):
+        await authenticator.authenticate(call)  # type: ignore[arg-type]
+    assert app.lookups == 3  # fails closed: every call asks the database
+    with pytest.raises(RateLimited):  # fails open to this replica's own bucket
+        await authenticator.authenticate(call)  # type: ignore[arg-type]
+    await app.shared.stop()
+
+
+async def test_health_and_metric_follow_redis(prefix: str) -> None:
+    class Health:
+        def __init__(self) -> None:
+            self.statuses: list[int] = []
+
+        async def set(self, service: str, status: int) -> None:
+            assert service == HEALTH_SERVICE
+            self.statuses.append(status)
+
+    for url, status, up in (
+        (REDIS_URL, health_pb2.HealthCheckResponse.SERVING, 1),
+        (DOWN_URL, health_pb2.HealthCheckResponse.NOT_SERVING, 0),
+    ):
+        health = Health()
+        watch = SharedStateWatch(SharedState(url, prefix), health, interval_s=0.05)
+        watch.start()
+        for _ in range(100):
+            if health.statuses:
+                break
+            await asyncio.sleep(0.05)
+        await watch.stop()
+        assert health.statuses[0] == status
+        assert REDIS_UP._value.get() == up
