@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -55,3 +57,12 @@ SECOND_PASS = Counter(
     "vigil_detect_second_pass_total",
     "Images searched again in tiles at a higher resolution for small faces",
 )
+
+
+def preinitialise(models: Iterable[str]) -> None:
+    """Give every per-model series its labels at 0, so a fresh scrape shows them (and alerts that
+    sum them see the first rejection as an increase instead of a new series)."""
+    for model in models:
+        for family in (QUEUE_DEPTH, QUEUE_WAIT, BATCH_SIZE, INFERENCE_TIME, REJECTED, EXPIRED):
+            family.labels(model)
+        BATCH_FAILURES.labels(model)

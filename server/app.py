@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from vigil.inference import metrics as inference_metrics
 from vigil.inference.backends import GPU_BACKENDS, BackendOptions
 from vigil.inference.batcher import BatcherConfig
 from vigil.inference.catalog import DEFAULT_MODELS, YUNET
@@ -73,6 +74,17 @@ SERVICE_NAMES = (
     challenges_pb2.DESCRIPTOR.services_by_name["Challenges"].full_name,
     webhooks_pb2.DESCRIPTOR.services_by_name["Webhooks"].full_name,
 )
+
+
+def method_paths() -> list[str]:
+    """Every RPC's path (``/vigil.v1.Instant/Liveness``), as the metrics label them."""
+    files = (auth_pb2, instant_pb2, folders_pb2, collections_pb2, challenges_pb2, webhooks_pb2)
+    return [
+        f"/{service.full_name}/{method.name}"
+        for module in files
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
 
 
 def thresholds(settings: Settings) -> Thresholds:
@@ -238,6 +250,8 @@ def _add_services(server: grpc.aio.Server, app: AppContext, security: Security) 
 async def start_server(settings: Settings, engine: Engine | None = None) -> VigilServer:
     """Open the app, then serve on ``settings.port`` with workers running beside."""
     credentials = server_credentials(settings)  # refuses plaintext unless allowed, before loading
+    metrics.preinitialise(method_paths())
+    inference_metrics.preinitialise(spec.name for spec in DEFAULT_MODELS)
     app = await open_app(settings, engine)
     if settings.redis_url:
         app.shared = SharedState(settings.redis_url, settings.redis_prefix)
@@ -253,6 +267,8 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", max_message),
+            # A second server on a busy port must fail, not share it and split the calls.
+            ("grpc.so_reuseport", 0),
         ],
     )
     _add_services(server, app, security)
@@ -267,14 +283,20 @@ async def start_server(settings: Settings, engine: Engine | None = None) -> Vigi
         server,
     )
     address = f"{settings.host}:{settings.port}"
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
     if port == 0:
         await app.engine.stop()
         app.close()
-        raise OSError(f"cannot bind {settings.host}:{settings.port}")
+        raise OSError(
+            f"cannot bind the gRPC port {address} (VIGIL_HOST, VIGIL_PORT): "
+            "in use by another process, or not an address of this machine"
+        )
     await server.start()
     background: list[Background] = [
         AnalysisWorkers(app, settings.analysis_workers),

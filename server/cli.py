@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from vigil.client.cli import Subcommands
 from vigil.client.cli import main as main
 from vigil.inference import catalog
 from vigil.inference.errors import VigilError
+from vigil.server import health_check, logs, self_signed
 from vigil.server.settings import Settings
 
 
@@ -32,9 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None
     }
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     from vigil.server.app import serve_forever
     from vigil.server.metrics import serve_metrics
     from vigil.server.security.tls import InsecureConfiguration  # lazy: keeps `vigil admin` quick
@@ -55,9 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     from vigil.server.app import work_forever
 
     try:
@@ -98,6 +94,22 @@ def _bootstrap(args: argparse.Namespace) -> int:
         print(f"admin API key written to {path} (export VIGIL_API_KEY=$(cat {path}))")
     else:
         print(key)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Bring the database schema to head (the Kubernetes migration Job; servers also do it)."""
+    from vigil.storage.db import Database, migrate
+
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.resolved_database_url)
+    try:
+        migrate(database.engine)
+    finally:
+        database.dispose()
+    print("database schema at head")
     return 0
 
 
@@ -148,6 +160,13 @@ def add_commands(sub: Subcommands, admin: Subcommands) -> None:
         "--if-needed", action="store_true", help="do nothing (exit 0) if an administrator exists"
     )
     bootstrap.set_defaults(handler=_bootstrap)
+
+    health_check.add_parser(sub)
+    self_signed.add_parser(sub)
+
+    sub.add_parser(
+        "migrate", help="bring the database schema to head (servers also do it at start)"
+    ).set_defaults(handler=_migrate)
 
     worker = sub.add_parser("worker", help="run analysis workers only (shares the database queue)")
     worker.set_defaults(handler=_worker)

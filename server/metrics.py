@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RPC_TOTAL = Counter(
@@ -54,7 +56,47 @@ def report_backend(backend: str, precision: str) -> None:
     BACKEND_INFO.labels(backend, precision).set(1)
 
 
+#: Final statuses given a series from the start (alerts divide or sum them; a series that appears
+#: only at its first increment makes ``rate()`` miss that increment). Other codes appear when used.
+ALERTING_CODES = (
+    "OK",
+    "INTERNAL",
+    "UNKNOWN",
+    "UNAVAILABLE",
+    "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED",
+)
+#: The bounded LRU caches that evict (server/security: BoundedLRU's names).
+EVICTING_CACHES = ("rate_limit", "failed_logins", "credentials")
+
+
+def preinitialise(methods: Iterable[str]) -> None:
+    """Give every labelled series its known labels at 0, so a fresh scrape shows them."""
+    from vigil.storage.results import AnalysisType, Resolution  # lazy: no storage at import
+
+    for method in methods:
+        for code in ALERTING_CODES:
+            RPC_TOTAL.labels(method, code)
+        RPC_LATENCY.labels(method, "OK")
+    for kind in AnalysisType:
+        for resolution in Resolution:
+            if resolution is not Resolution.PROCESSING:  # never an analysis's own resolution
+                ANALYSES_FINISHED.labels(kind.value, resolution.value)
+    for cache in EVICTING_CACHES:
+        CACHE_EVICTIONS.labels(cache)
+
+
+class MetricsPortBusy(OSError):
+    """The metrics endpoint could not bind its address."""
+
+
 def serve_metrics(host: str, port: int) -> None:
     """Start the Prometheus endpoint in a daemon thread (``port`` 0 leaves it off)."""
-    if port:
-        start_http_server(port, addr=host)
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=host.strip("[]"))
+    except OSError as error:
+        raise MetricsPortBusy(
+            f"cannot bind the metrics port {host}:{port} (VIGIL_METRICS_PORT): {error.strerror}"
+        ) from error

@@ -5,16 +5,37 @@ Built once in ``main()`` and passed down; nothing reads the environment elsewher
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: cgroup v2's CPU quota of this container ("max 100000" when unlimited).
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cgroup_cpu_limit(cpu_max: Path = CGROUP_CPU_MAX) -> float | None:
+    """CPUs the container's quota allows (``quota / period``), or None without a quota."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max" or int(period) <= 0:
+        return None
+    return int(quota) / int(period)
 
 
 def _default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+    """Cores this process may use: the affinity mask, capped by a cgroup CPU quota (a container's
+    CPU limit), rounded up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores or 1, math.ceil(limit))
+    return max(1, cores or 1)
 
 
 class Settings(BaseSettings):
@@ -29,9 +50,11 @@ class Settings(BaseSettings):
     metrics_port: int = 9095
     """Port of the Prometheus ``/metrics`` endpoint; 0 turns it off."""
     metrics_host: str = "0.0.0.0"
-    """Address the metrics endpoint binds to."""
+    """Address the metrics endpoint binds to (all IPv4 addresses, as the gRPC default binds all;
+    127.0.0.1 keeps it local)."""
     data_dir: Path = Path("var")
-    """Where vigil keeps its state (models, database, blobs) unless told otherwise."""
+    """Where vigil keeps its state (models, database, blobs) unless told otherwise; a relative path
+    is resolved once, against the directory vigil starts in."""
     models_dir: Path | None = None
     """Installed model files; default ``<data_dir>/models``."""
     model_mirror: str | None = None
@@ -53,7 +76,7 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(default_factory=_default_threads)
     """Threads a CPU backend call may use when it runs alone in the server (lowest latency);
     calls beside others use one thread each (ONNX Runtime; OpenVINO: one stream each). Default:
-    the number of cores."""
+    the number of cores (a container's CPU limit counts: the cgroup quota, rounded up)."""
     worker_threads: int = 0
     """Threads for decoding, detection, alignment and backend calls; 0: detector instances + 4."""
     detector_instances: int = Field(
@@ -300,6 +323,15 @@ class Settings(BaseSettings):
     """On SIGTERM, how long in-flight calls may take to finish before they are cancelled."""
     log_level: str = "INFO"
     """Python logging level."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text, or as one JSON object per line (time, level, logger, message, and the
+    access line's method, status, duration_ms, company and incident fields)."""
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """Resolved once: every path derived from it stays put if the process changes directory."""
+        return value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _budget_holds_the_largest_image(self) -> Settings:

@@ -21,7 +21,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from vigil.inference.errors import VigilError
-from vigil.server import rpc
+from vigil.server import logs, rpc
 from vigil.server.api.validation import RequestLimits, reader
 from vigil.server.metrics import RPC_LATENCY, RPC_TOTAL
 
@@ -56,6 +56,8 @@ class _Outcome:
         self.method = method
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
+        self.incident: str | None = None
+        self.access = logs.begin_call(method)
 
     def finish(self, context: rpc.Context) -> None:
         code = self.code
@@ -65,8 +67,10 @@ class _Outcome:
                 code = reported
             elif isinstance(reported, int) and reported != 0:
                 code = next((c for c in grpc.StatusCode if c.value[0] == reported), code)
+        duration = time.perf_counter() - self.started
         RPC_TOTAL.labels(self.method, code.name).inc()
-        RPC_LATENCY.labels(self.method, code.name).observe(time.perf_counter() - self.started)
+        RPC_LATENCY.labels(self.method, code.name).observe(duration)
+        logs.access(self.access, code.name, duration, self.incident)
 
 
 async def _abort_for(exc: BaseException, context: rpc.Context, outcome: _Outcome) -> NoReturn:
@@ -82,6 +86,7 @@ async def _abort_for(exc: BaseException, context: rpc.Context, outcome: _Outcome
     incident = uuid.uuid4().hex[:12]
     log.error("internal error in %s (incident %s)", outcome.method, incident, exc_info=exc)
     outcome.code = grpc.StatusCode.INTERNAL
+    outcome.incident = incident
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
 
 

@@ -25,7 +25,7 @@ from vigil.inference.errors import (
     Unauthenticated,
     VigilError,
 )
-from vigil.server import rpc
+from vigil.server import logs, rpc
 from vigil.server.context import CALL_SCOPE, AppContext, CallScope
 from vigil.server.security.permissions import PERMISSIONS, STAFF, needs_credential
 from vigil.server.security.principal import CURRENT, Principal
@@ -307,6 +307,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         )
         token = CURRENT.set(principal)
         scope_token = CALL_SCOPE.set(scope)
+        logs.note_company(principal.company_name)  # for the call's access line
         status = "OK"
         try:
             yield
