@@ -148,6 +148,9 @@ class Authenticator:
         if self.shared is None:
             self.check_lockout(context)
             return 0
+        if not self.shared.up:  # until the health watch reaches Redis again: no per-call wait
+            self.check_lockout(context)
+            return None
         settings = self.app.settings
         try:
             remaining, generation = await self.shared.gate(
