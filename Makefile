@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint proto proto-check bench docs models wheels clean
+.PHONY: setup serve demo test lint proto proto-check bench docs models wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ models: setup  ## install and verify the model files
 serve: models  ## install everything and run the server (gRPC 127.0.0.1:50051, metrics :9095)
 	$(BIN)/vigil admin bootstrap --if-needed --key-file var/admin.key
 	VIGIL_ALLOW_PLAINTEXT=true $(BIN)/vigil serve --host 127.0.0.1
+
+# The Web SDK demo: the service and the Web Adapter together (plaintext, loopback); open
+# http://127.0.0.1:8080/demo and allow the camera. The adapter's SERVICE key is var/web-service.key.
+demo: models  ## run the service and the Web Adapter with its demo page (http://127.0.0.1:8080/demo)
+	$(BIN)/python -m pip install --quiet -e '.[web]'
+	$(BIN)/vigil admin bootstrap --if-needed --key-file var/admin.key
+	$(BIN)/vigil web --demo --with-service --admin-key-file var/admin.key
 
 test: models  ## install everything and run the test suite
 	$(BIN)/python -m pytest

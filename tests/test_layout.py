@@ -128,6 +128,7 @@ def test_the_layout_is_found() -> None:
     assert {"vigil.server", "vigil.inference", "vigil.storage", "vigil.client"} <= set(ALL)
     assert {"vigil.server.api", "vigil.server.security", "vigil.server.jobs"} <= set(ALL)
     assert "vigil.inference.video" in ALL and len(ALL) > 80
+    assert {"vigil.web", "vigil.web.app"} <= set(ALL)
 
 
 @pytest.mark.parametrize(
@@ -145,6 +146,9 @@ def test_the_layout_is_found() -> None:
         ("vigil.client", "vigil.server"),
         ("vigil.client", "vigil.inference"),
         ("vigil.client", "vigil.storage"),
+        ("vigil.web", "vigil.server"),
+        ("vigil.web", "vigil.inference"),
+        ("vigil.web", "vigil.storage"),
         ("vigil", "benchmarks"),
         ("vigil", "tests"),
     ],

@@ -46,9 +46,11 @@ SERVER_LAYOUT = {
     "vigil/server": "server",
     "vigil/inference": "inference",
     "vigil/storage": "storage",
+    "vigil/web": "web",
 }
-#: The files of a source folder that its wheel folder must hold: modules, stubs, contract, markers.
-PACKAGED = ("*.py", "*.pyi", "*.proto", "py.typed", "*.mako")
+#: The files of a source folder that its wheel folder must hold: modules, stubs, contract, markers,
+#: and the Web Adapter's static files.
+PACKAGED = ("*.py", "*.pyi", "*.proto", "py.typed", "*.mako", "*.js", "*.css", "*.html")
 #: Distributions of the server that a client-only install must not pull in.
 SERVER_ONLY = frozenset(
     {
@@ -304,7 +306,7 @@ def test_wheels_hold_exactly_their_packages(wheels: Wheels) -> None:
         expected = {f"vigil/v1/{proto.name}", f"vigil/v1/{stem}_pb2.py", f"vigil/v1/{stem}_pb2.pyi"}
         assert expected | {f"vigil/v1/{stem}_pb2_grpc.py", f"vigil/v1/{stem}_pb2_grpc.pyi"} <= names
     names = server.names()
-    for package in ("server", "inference", "storage"):
+    for package in ("server", "inference", "storage", "web"):
         assert {f"vigil/{package}/__init__.py", f"vigil/{package}/py.typed"} <= names
     migrations = "vigil/storage/migrations"
     assert {f"{migrations}/env.py", f"{migrations}/script.py.mako"} <= names
@@ -317,7 +319,14 @@ def test_wheels_hold_exactly_their_packages(wheels: Wheels) -> None:
     pin = server.requires()["vigil-client"]
     assert str(pin.specifier) == f"=={client.version}"  # built together, installed together
     assert client.entry_points()["console_scripts"] == {"vigil": "vigil.client.cli:main"}
-    assert server.entry_points() == {"vigil.commands": {"server": "vigil.server.cli:add_commands"}}
+    assert server.entry_points() == {
+        "vigil.commands": {
+            "server": "vigil.server.cli:add_commands",
+            "web": "vigil.web.cli:add_commands",
+        }
+    }
+    # the Web Adapter's static files (the plugin, its style, the demo page)
+    assert {"vigil/web/static/vigil-web.js", "vigil/web/static/demo.html"} <= names
 
 
 #: Run by the client venv's interpreter: what is installed, where vigil comes from, a real call.
