@@ -569,6 +569,11 @@ class FaceIndex:
         with entry.lock:
             return face_id in entry.slot_of
 
+    def install(self, company_id: str, entry: CollectionIndex) -> None:
+        """Hold a collection built elsewhere, current to ``entry.seq`` (benchmarks, tools)."""
+        with self._sync_lock, self._lock:
+            self._entries[(company_id, entry.collection_id)] = entry
+
     def collection(self, company_id: str, collection_id: str) -> CollectionIndex | None:
         """The loaded copy of a collection, if any (for tests and benchmarks)."""
         with self._lock:
