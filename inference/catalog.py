@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,13 +178,24 @@ def default_mirror() -> str | None:
     return None
 
 
-def _fetch(mirror: str, name: str, destination: Path) -> None:
+#: ``progress(file name, bytes so far, total bytes or None)``, called as a download goes.
+Progress = Callable[[str, int, int | None], None]
+
+
+def _fetch(mirror: str, name: str, destination: Path, progress: Progress | None = None) -> None:
     """Copy ``name`` from a mirror directory or base URL to ``destination`` (not verified yet)."""
     if mirror.startswith(("http://", "https://", "file://")):
         url = mirror.rstrip("/") + "/" + name
         try:
             with urllib.request.urlopen(url, timeout=60) as response, destination.open("wb") as out:
-                shutil.copyfileobj(response, out)
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                done = 0
+                while chunk := response.read(1024 * 1024):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(name, done, total)
         except OSError as exc:
             raise ModelError(f"cannot download {url}: {exc}") from exc
         return
@@ -197,8 +209,10 @@ def install(
     models_dir: Path,
     mirror: str | None = None,
     specs: tuple[ModelSpec, ...] = DEFAULT_MODELS,
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Install ``specs`` into ``models_dir`` from ``mirror``; files already there and valid stay.
+    ``progress`` hears how each download from a URL goes.
 
     Each file is written to a temporary name, verified, then renamed into place, so a failed or
     interrupted install never leaves a file that looks installed.
@@ -220,7 +234,7 @@ def install(
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            _fetch(mirror, spec.file, tmp)
+            _fetch(mirror, spec.file, tmp, progress)
             actual = sha256_of(tmp)
             if actual != spec.sha256:
                 raise ModelError(

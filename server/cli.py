@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vigil.client.cli import Subcommands
 from vigil.client.cli import main as main
+from vigil.client.progress import ProgressLine
 from vigil.inference import catalog
 from vigil.inference.errors import VigilError
 from vigil.server import health_check, logs, self_signed
@@ -117,7 +118,9 @@ def _models_install(args: argparse.Namespace) -> int:
     settings = Settings()
     target = Path(args.dir) if args.dir else settings.resolved_models_dir
     try:
-        paths = catalog.install(target, args.mirror or settings.model_mirror)
+        paths = catalog.install(
+            target, args.mirror or settings.model_mirror, progress=ProgressLine(sys.stderr)
+        )
     except VigilError as error:
         print(f"vigil: {error.message}", file=sys.stderr)
         return 1

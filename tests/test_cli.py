@@ -191,13 +191,17 @@ def test_unreadable_path_exits_2(server: ServerThread, env: dict[str, str], tmp_
 
 
 def test_models_install(env: dict[str, str], tmp_path: Path) -> None:
+    """From the mirror as a URL (file://, read like http): installed, verified, with progress
+    on stderr (not a terminal: a line at each quarter of each file, the last at 100%)."""
     target = tmp_path / "installed"
-    done = vigil("models", "install", "--mirror", str(MIRROR), "--dir", str(target), env=env,
-                 cwd=tmp_path)  # fmt: skip
+    done = vigil("models", "install", "--mirror", MIRROR.resolve().as_uri(), "--dir", str(target),
+                 env=env, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     for spec in catalog.DEFAULT_MODELS:
         assert f"ok  {target / spec.file}" in done.stdout
         assert catalog.sha256_of(target / spec.file) == spec.sha256
+        progress = [line for line in done.stderr.splitlines() if line.startswith(spec.file)]
+        assert 1 <= len(progress) <= 5 and progress[-1].endswith(" 100%"), done.stderr
     assert not [p for p in target.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
