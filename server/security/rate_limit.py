@@ -1,9 +1,11 @@
 """Per-credential token buckets, a lockout after repeated failed authentications, and the bounded
 per-key memory both keep (as does the credential cache).
 
-All live in one replica's memory: behind a load balancer each replica counts on its own. Each is
-bounded: beyond ``max_keys`` the least recently seen key is forgotten (a forgotten bucket starts
-full again, a forgotten source's failures start from zero).
+All live in one replica's memory: behind a load balancer each replica counts on its own, unless
+``VIGIL_REDIS_URL`` is set (then the authenticator counts in Redis, ``server/shared_state.py``, and
+falls back to these while Redis is unreachable). Each is bounded: beyond ``max_keys`` the least
+recently seen key is forgotten (a forgotten bucket starts full again, a forgotten source's failures
+start from zero).
 """
 
 from __future__ import annotations
