@@ -17,10 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
-def cgroup_cpu_limit(cpu_max: Path = CGROUP_CPU_MAX) -> float | None:
+def cgroup_cpu_limit(cpu_max: Path | None = None) -> float | None:
     """CPUs the container's quota allows (``quota / period``), or None without a quota."""
     try:
-        quota, period = cpu_max.read_text().split()[:2]
+        quota, period = (cpu_max or CGROUP_CPU_MAX).read_text().split()[:2]
     except (OSError, ValueError):
         return None
     if quota == "max" or int(period) <= 0:
