@@ -49,6 +49,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def vigil(models_dir: Path) -> Iterator[ServerThread]:
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's screenshots only
     running = ServerThread(make_settings(models_dir)).start()
     yield running
     running.stop()
@@ -117,12 +118,17 @@ Browser = Callable[[str], Any]
 
 @pytest.fixture(scope="module")
 def browser(clips: dict[str, Path]) -> Iterator[Browser]:
-    """A Chromium whose camera plays ``clips[name]`` (one browser at a time)."""
+    """A Chromium whose camera plays ``clips[name]`` (one browser at a time, kept while the next
+    test wants the same clip)."""
     from selenium.webdriver.chrome.service import Service
 
     opened: list[Any] = []
+    playing: list[str] = []
 
     def launch(name: str) -> Any:
+        if playing == [name]:
+            return opened[0]  # already playing this clip: reuse the browser
+        playing[:] = [name]
         for driver in opened:
             driver.quit()
         opened.clear()
@@ -166,12 +172,12 @@ def events(driver: Any) -> list[dict[str, Any]]:
 
 
 def capture(
-    driver: Any, adapter: AdapterThread, name: str, gestures: bool = False
+    driver: Any, adapter: AdapterThread, name: str, gestures: bool = False, lang: str = "en"
 ) -> tuple[str, dict[str, Any]]:
     """Runs the demo page's capture; screenshots the prompt and the end; returns the
     transaction_id and the events by kind."""
     transaction_id = f"web-{name}-{uuid.uuid4().hex[:8]}"
-    flags = "&gestures=1" if gestures else ""
+    flags = ("&gestures=1" if gestures else "") + f"&lang={lang}"
     driver.get(f"{adapter.url}/demo?auto=1&transaction_id={transaction_id}{flags}")
     prompt = "gesture_" if gestures else "hold_still"
     deadline = time.monotonic() + 30
@@ -290,10 +296,12 @@ def test_a_still_face_fails_the_challenge(
 ) -> None:
     trust(adapter, clips["still"])
     driver = browser("still")
-    transaction_id, seen = capture(driver, adapter, "still", gestures=True)
+    transaction_id, seen = capture(driver, adapter, "still", gestures=True, lang="de")
     assert seen["complete"] == {"status": "DECLINED"}, seen
     meta = meta_of(folder(adapter, vigil, transaction_id))
     assert {"smile", "move_closer"} & set(meta["web_declined_by"].split(",")), meta
+    # the German pack: the last prompt shown
+    assert driver.find_element("class name", "vigil-web__prompt").text == "Nicht bestätigt"
 
 
 OPEN = """
@@ -358,3 +366,14 @@ def test_forged_results_replays_foreign_origins_and_expired_sessions_are_refused
     late_id = late["body"]["session_id"]
     expired = driver.execute_async_script(POST, url, f"/api/sessions/{late_id}/capture", late_id)
     assert expired["status"] == 410 and "expired" in expired["body"], expired
+
+
+def test_hide_and_close(adapter: AdapterThread, browser: Browser) -> None:
+    driver = browser("still")
+    driver.get(f"{adapter.url}/demo")
+    driver.execute_script("window.VigilLiveness.open({meta: {}})")
+    assert plugin_state(driver) is not None
+    driver.execute_script("window.VigilLiveness.hide()")
+    assert driver.execute_script("return document.querySelector('.vigil-web').hidden") is True
+    driver.execute_script("window.VigilLiveness.close()")
+    assert driver.execute_script("return document.querySelector('.vigil-web')") is None
