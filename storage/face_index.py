@@ -431,8 +431,13 @@ class FaceIndex:
     def follow(self, database: Database, poll_s: float) -> face_changes.ChangeFollower:
         """Start applying the change log in the background (LISTEN on PostgreSQL, else polling)."""
 
+        started: list[bool] = []
+
         def apply() -> int:
             with database.session() as session:
+                if not started:  # the first turn, in the background: snapshots saved before
+                    started.append(True)
+                    self.preload_snapshots(session)
                 return self.sync(session)
 
         listen_url = None if database.sqlite else face_changes.libpq_url(database.url)
@@ -506,6 +511,24 @@ class FaceIndex:
         with entry.lock:
             entry.save(folder)
         return True
+
+    def preload_snapshots(self, session: Session) -> int:
+        """Load every collection saved in the snapshot folder (replaying the log from each one's
+        sequence number); snapshots of collections deleted since are removed. Returns how many."""
+        root = self.config.snapshot_dir
+        if root is None or not root.is_dir():
+            return 0
+        loaded = 0
+        for folder in sorted(root.iterdir()):
+            if len(folder.name) != 32 or not (folder / "meta.json").exists():
+                continue  # another process's staging folder, or not ours
+            collection = session.get(Collection, folder.name)
+            if collection is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            _, fresh = self._entry(collection.company_id, collection, session)
+            loaded += fresh
+        return loaded
 
     def save_snapshots(self) -> int:
         """Save every loaded collection large enough; returns how many were saved."""

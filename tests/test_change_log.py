@@ -122,6 +122,12 @@ def test_snapshot_then_replay(db: Database, tenant: str, tmp_path: Path) -> None
     fresh = FaceIndex(IndexConfig(ann_min_faces=1_000_000))
     for seed in range(40):
         assert nearest(second, db, tenant, vec(seed), 5) == nearest(fresh, db, tenant, vec(seed), 5)
+    # At start (the follower's first turn) a replica loads its snapshots before any search.
+    third = FaceIndex(config)
+    with db.session() as s:
+        assert third.preload_snapshots(s) == 1
+    assert (third.snapshot_loads, third.holds(tenant, cid, new)) == (1, True)
+    assert third.holds(tenant, cid, ids[0]) is False
     # A snapshot of a collection deleted since is not used for a new one of that name.
     with db.session() as s:
         repo.delete_collection("wl", company_id=tenant, session=s)
