@@ -508,8 +508,12 @@ class FaceIndex:
         folder = self._snapshot_folder(entry.collection_id)
         if folder is None or entry.size < self.config.snapshot_min_faces:
             return False
-        with entry.lock:
-            entry.save(folder)
+        try:
+            with entry.lock:
+                entry.save(folder)
+        except OSError:  # a full disk, or another replica saving the same folder: not fatal
+            log.exception("collection %s: snapshot not saved", entry.name)
+            return False
         return True
 
     def preload_snapshots(self, session: Session) -> int:
