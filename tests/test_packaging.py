@@ -68,8 +68,15 @@ SERVER_ONLY = frozenset(
         "numpy",
     }
 )
-#: The client's only run-time dependencies.
-CLIENT_REQUIRES = {"grpcio": set(), "protobuf": set(), "pyjwt": {"crypto"}}
+#: The client's only run-time dependencies (standardwebhooks and shtab: pure Python, no
+#: dependencies of their own; webhook verification and `vigil completion`).
+CLIENT_REQUIRES = {
+    "grpcio": set(),
+    "protobuf": set(),
+    "pyjwt": {"crypto"},
+    "standardwebhooks": set(),
+    "shtab": set(),
+}
 #: Not copied for the build: what .gitignore keeps out of a clean checkout.
 IGNORED_AT_ROOT = {".git", ".venv", "var", "models", "data", "dist", ".typecheck"}
 IGNORED_ANYWHERE = ("__pycache__", "build", "*.egg-info", "*.pyc", ".*_cache", "*.onnx", "*.engine")
