@@ -98,9 +98,15 @@ def _web(args: argparse.Namespace) -> int:
         key_file = Path(args.admin_key_file).with_name("web-service.key")
         overrides |= {"server": target, "api_key": _service_key(target, admin_key, key_file)}
     try:
-        settings = WebSettings(**overrides)  # type: ignore[arg-type]
-        print(f"vigil web: http://{settings.host}:{settings.port}/demo" if settings.demo else "")
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+        try:
+            settings = WebSettings(**overrides)  # type: ignore[arg-type]
+            app = create_app(settings)
+        except (ValueError, OSError) as error:  # pydantic's ValidationError is a ValueError
+            print(f"vigil web: cannot start: {error}", file=sys.stderr)
+            return 2
+        if settings.demo:
+            print(f"vigil web: the demo is at http://{settings.host}:{settings.port}/demo")
+        uvicorn.run(app, host=settings.host, port=settings.port)
     finally:
         if service is not None:
             service.terminate()
