@@ -47,7 +47,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     VIGIL_METRICS_HOST=0.0.0.0 \
     VIGIL_METRICS_PORT=9095 \
     VIGIL_TLS_CERT_FILE=/etc/vigil/tls/tls.crt \
-    VIGIL_TLS_KEY_FILE=/etc/vigil/tls/tls.key
+    VIGIL_TLS_KEY_FILE=/etc/vigil/tls/tls.key \
+    GRPC_VERBOSITY=ERROR
 
 # libgomp1: OpenMP runtime some ONNX Runtime / OpenCV builds link against.
 RUN apt-get update \

@@ -10,7 +10,6 @@ name. Exit status 0 only for SERVING; anything else prints why on stderr and exi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
     """The ``vigil health`` handler: settings give the port and TLS files, flags override them."""
     from vigil.server.settings import Settings
 
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # C-core's own handshake lines: ours say it
     settings = Settings()
     plaintext = args.plaintext or not settings.tls
     ca_file = None if plaintext else Path(args.ca_file or settings.tls_cert_file or "")

@@ -12,7 +12,6 @@ import contextvars
 import datetime
 import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,8 +85,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str, log_format: Literal["text", "json"] = "text") -> None:
-    """The root handler in the chosen format; Alembic's per-migration lines and gRPC C-core's
-    own stderr lines kept out below WARNING/ERROR unless DEBUG is asked for."""
+    """The root handler in the chosen format; Alembic's per-migration lines kept out unless DEBUG
+    is asked for."""
     numeric = logging.getLevelName(level.upper())
     handler = logging.StreamHandler()
     handler.setFormatter(
@@ -100,5 +99,5 @@ def configure(level: str, log_format: Literal["text", "json"] = "text") -> None:
     root.setLevel(numeric)
     if numeric > logging.DEBUG:
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        # C-core reads this when it initialises (the first server or channel), after this call.
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # gRPC C-core's own stderr lines are not Python logging: C-core reads GRPC_VERBOSITY when grpc
+    # is imported, before this runs. The images set GRPC_VERBOSITY=ERROR.
