@@ -286,6 +286,7 @@ class CollectionIndex:
         if graph_file.exists() and meta.get("ann_dtype") == config.ann_dtype:
             graph = index._new_graph()
             graph.load(str(graph_file))
+            graph.expansion_search = max(64, config.ann_candidates)  # this start's setting
             index.ann = graph
         elif index.size >= config.ann_min_faces:
             index._build_graph()
