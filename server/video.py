@@ -7,6 +7,7 @@ and every replica and worker shares it (``server/shared_state.py``).
 
 from __future__ import annotations
 
+import json
 import weakref
 
 from vigil.inference.engine import Engine
@@ -93,4 +94,34 @@ def capture_of(message: video_pb2.CaptureInfo) -> Capture:
         camera_label=message.camera_label[:200],
         device=message.device[:200],
         timestamps_ms=list(message.frame_timestamps_ms)[:10_000],
+    )
+
+
+#: The media meta key that keeps an upload's CaptureInfo (JSON) for its LIVENESS analyses.
+CAPTURE_META_KEY = "vigil_capture"
+
+
+def capture_meta(message: video_pb2.CaptureInfo) -> dict[str, str]:
+    """An upload's CaptureInfo as media meta; nothing when the client said nothing."""
+    capture = capture_of(message)
+    if capture == Capture():
+        return {}
+    value = {
+        "camera_label": capture.camera_label,
+        "device": capture.device,
+        "frame_timestamps_ms": capture.timestamps_ms,
+    }
+    return {CAPTURE_META_KEY: json.dumps(value, separators=(",", ":"))}
+
+
+def capture_from_meta(meta: dict[str, str]) -> Capture:
+    """The Capture kept with a media by :func:`capture_meta` (empty when there is none)."""
+    raw = meta.get(CAPTURE_META_KEY)
+    if not raw:
+        return Capture()
+    value = json.loads(raw)
+    return Capture(
+        camera_label=str(value.get("camera_label", "")),
+        device=str(value.get("device", "")),
+        timestamps_ms=[float(t) for t in value.get("frame_timestamps_ms", [])],
     )

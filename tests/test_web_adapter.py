@@ -16,9 +16,9 @@ pytest.importorskip("httpx2", reason="httpx2 (the dev extra) is missing")
 from starlette.testclient import TestClient
 
 from vigil.client.errors import VigilRpcError
-from vigil.v1 import challenges_pb2, common_pb2, instant_pb2, video_pb2
+from vigil.v1 import challenges_pb2, common_pb2, folders_pb2
 from vigil.web.app import CSP, create_app
-from vigil.web.service import Capture
+from vigil.web.service import AnalysisTimeout, Capture
 from vigil.web.settings import WebSettings
 
 OWN = "http://testserver"
@@ -33,6 +33,7 @@ class FakeService:
         self.calls: list[tuple[str, Any]] = []
         self.folders: dict[str, dict[str, str]] = {}
         self.refuse_video = False
+        self.late = False
 
     async def create_folder(self, meta: dict[str, str]) -> str:
         folder_id = f"f{len(self.folders)}"
@@ -46,23 +47,40 @@ class FakeService:
             id="c1", gestures=[challenges_pb2.GESTURE_SMILE], gesture_window_ms=5000
         )
 
-    async def video_liveness(self, video: bytes, capture: Capture) -> instant_pb2.LivenessResponse:
-        self.calls.append(("video_liveness", capture))
+    async def upload(
+        self,
+        folder_id: str,
+        video: bytes,
+        tags: list[str],
+        meta: dict[str, str],
+        kind: str,
+        capture: Capture,
+    ) -> str:
+        self.calls.append(("upload", (folder_id, tags, meta, kind, capture)))
         if self.refuse_video:
             raise VigilRpcError("INVALID_ARGUMENT", "not a video vigil can read")
-        return instant_pb2.LivenessResponse(
-            live=True,
-            score=0.93,
-            threshold=0.5,
-            face=common_pb2.Face(box=common_pb2.BoundingBox(x=1, y=2, width=3, height=4)),
-            signals=[video_pb2.LivenessSignal(name="virtual_camera")],
-        )
-
-    async def upload(
-        self, folder_id: str, video: bytes, tags: list[str], meta: dict[str, str], kind: str
-    ) -> str:
-        self.calls.append(("upload", (folder_id, tags, meta, kind)))
         return "m1"
+
+    async def liveness(self, folder_id: str, wait_s: float) -> folders_pb2.Analysis:
+        self.calls.append(("liveness", folder_id))
+        if self.late:
+            raise AnalysisTimeout("a1")
+        return folders_pb2.Analysis(
+            id="a1",
+            folder_id=folder_id,
+            type=folders_pb2.ANALYSIS_TYPE_LIVENESS,
+            state=folders_pb2.ANALYSIS_STATE_FINISHED,
+            resolution=folders_pb2.RESOLUTION_SUCCESS,
+            thresholds={"liveness": 0.5},
+            results=[
+                folders_pb2.MediaResult(
+                    media_id="m1",
+                    resolution=folders_pb2.RESOLUTION_SUCCESS,
+                    score=0.93,
+                    face=common_pb2.Face(box=common_pb2.BoundingBox(x=1, y=2, width=3, height=4)),
+                )
+            ],
+        )
 
     async def set_meta(self, folder_id: str, values: dict[str, str]) -> None:
         self.folders[folder_id].update(values)
@@ -105,20 +123,20 @@ def test_a_safe_answer_is_the_resolution_alone() -> None:
     text = answer.text + opened.text
     for leaked in (SECRET, "0.93", "score", "box", "threshold", "f0"):
         assert leaked not in text, leaked
-    # the service got the capture metadata; the folder holds the metadata and the verdict
-    (_, capture), *_ = [c for c in service.calls if c[0] == "video_liveness"]
-    assert capture.camera_label == "FaceTime HD"
-    assert service.folders["f0"]["transaction_id"] == "t-1"
-    assert service.folders["f0"]["web_resolution"] == "SUCCESS"
-    (_, (folder_id, tags, meta, kind)), *_ = [c for c in service.calls if c[0] == "upload"]
+    # the video went to the folder with its capture metadata, then one LIVENESS analysis; the
+    # folder's meta holds the page's metadata and the origin, no result
+    (_, (folder_id, tags, meta, kind, capture)), *_ = [c for c in service.calls if c[0] == "upload"]
     assert (folder_id, tags, kind) == ("f0", ["video_selfie_blank"], "video/webm")
-    assert meta["capture_user_agent"] == "UA"
+    assert capture.camera_label == "FaceTime HD" and meta["capture_user_agent"] == "UA"
+    assert [c for c in service.calls if c[0] == "liveness"] == [("liveness", "f0")]
+    assert service.folders["f0"] == {"transaction_id": "t-1", "web_origin": OWN}
 
 
 def test_full_mode_adds_the_result_but_never_the_credential() -> None:
     http, _ = client(result_mode="FULL")
     answer = upload(http, open_session(http).json()["session_id"]).json()
-    assert answer["status"] == "SUCCESS" and answer["result"]["score"] == pytest.approx(0.93)
+    assert answer["status"] == "SUCCESS"
+    assert answer["result"]["results"][0]["score"] == pytest.approx(0.93)
     assert SECRET not in json.dumps(answer)
 
 
@@ -149,11 +167,14 @@ def test_origins_are_allow_listed() -> None:
 
 
 def test_one_upload_per_session_and_unknown_sessions() -> None:
-    http, _ = client()
+    http, service = client()
     session = open_session(http).json()["session_id"]
     assert upload(http, session).status_code == 200
     replay = upload(http, session)
     assert replay.status_code == 409 and "already" in replay.json()["error"]
+    # the replay reached nothing: one video, one analysis
+    assert [c[0] for c in service.calls].count("upload") == 1
+    assert [c[0] for c in service.calls].count("liveness") == 1
     assert upload(http, "not-a-session").status_code == 404
     wrong = http.post(
         f"/api/sessions/{session}/capture", headers={"Origin": OWN, "X-Vigil-Session": "guess"}
@@ -186,6 +207,14 @@ def test_a_service_refusal_becomes_a_precise_answer() -> None:
     service.refuse_video = True
     answer = upload(http, open_session(http).json()["session_id"])
     assert answer.status_code == 400 and answer.json() == {"error": "not a video vigil can read"}
+    assert not [c for c in service.calls if c[0] == "liveness"]
+
+
+def test_an_analysis_not_final_in_time_is_a_504() -> None:
+    http, service = client(analysis_wait_s=0.1)
+    service.late = True
+    answer = upload(http, open_session(http).json()["session_id"])
+    assert answer.status_code == 504 and "not finished" in answer.json()["error"]
 
 
 def test_gestures_come_from_the_service() -> None:

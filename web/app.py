@@ -25,7 +25,17 @@ from starlette.routing import Route
 
 from vigil.client.connection import Connection
 from vigil.client.errors import VigilRpcError
-from vigil.web.service import GESTURE_NAMES, PASSIVE_TAG, Capture, VigilService, as_dict
+from vigil.web.console.app import console_routes
+from vigil.web.console.client import ConsoleClient
+from vigil.v1 import folders_pb2
+from vigil.web.service import (
+    GESTURE_NAMES,
+    PASSIVE_TAG,
+    AnalysisTimeout,
+    Capture,
+    VigilService,
+    as_dict,
+)
 from vigil.web.sessions import AddressLimit, Session, Sessions
 from vigil.web.settings import WebSettings
 
@@ -72,7 +82,7 @@ class Headers(BaseHTTPMiddleware):
         else:
             response = await call_next(request)
         headers = response.headers
-        headers["Content-Security-Policy"] = CSP
+        headers.setdefault("Content-Security-Policy", CSP)  # the console sets its own
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "no-referrer"
         headers["Cross-Origin-Opener-Policy"] = "same-origin"
@@ -184,20 +194,13 @@ class Adapter:
             capture, described = self._capture_of(info)
         except (ValueError, TypeError):
             return problem(400, "capture must be a JSON object as the plugin sends it")
-        outcome = await self._judge(session, video, capture)
-        resolution = str(outcome["resolution"])
-        await self.service.upload(session.folder_id, video, [PASSIVE_TAG], described, content_type)
-        await self.service.set_meta(
-            session.folder_id,
-            {
-                "web_resolution": resolution,
-                "web_declined_by": ",".join(outcome["declined_by"])[:MAX_META_CHARS],  # type: ignore[arg-type]
-                **outcome["summary"],  # type: ignore[dict-item]
-            },
-        )
+        if session.challenge_id:
+            resolution, full = await self._answer(session, video, content_type, capture, described)
+        else:
+            resolution, full = await self._analyse(session, video, content_type, capture, described)
         answer: dict[str, object] = {"status": resolution}
         if self.settings.result_mode == "FULL":
-            answer["result"] = outcome["full"]
+            answer["result"] = full
         return JSONResponse(answer)
 
     def _capture_of(self, info: object) -> tuple[Capture, dict[str, str]]:
@@ -224,47 +227,47 @@ class Adapter:
         }
         return capture, described
 
-    async def _judge(self, session: Session, video: bytes, capture: Capture) -> dict[str, object]:
-        """Active: the challenge's verdict. Passive: video liveness with the capture metadata
-        (the service's virtual-camera, replay and timing signals)."""
-        if session.challenge_id:
-            verdict = await self.service.answer_challenge(session.challenge_id, video)
-            failed = [GESTURE_NAMES[g.gesture] for g in verdict.gestures if not g.passed]
-            failed += [c.name for c in verdict.checks if not c.passed]
-            full = as_dict(verdict)
-            full.pop("verdict_token", None)
-            summary = {
-                "web_liveness_score": f"{verdict.liveness_score:.4f}",
-                "web_checks": ",".join(
-                    f"{c.name}:{'pass' if c.passed else 'fail'}" for c in verdict.checks
-                ),
-            }
-            return {
-                "resolution": verdict.resolution,
-                "declined_by": failed,
-                "full": full,
-                "summary": summary,
-            }
-        liveness = await self.service.video_liveness(video, capture)
-        declined_by = [s.name for s in liveness.signals if s.declines]
-        if not liveness.live and not declined_by:
-            declined_by = ["liveness"]
-        full = as_dict(liveness)
-        full.pop("frames", None)
-        full.get("best_shot", {}).pop("jpeg", None)  # type: ignore[attr-defined]
-        summary = {
-            "web_liveness_score": f"{liveness.score:.4f}",
-            "web_liveness_threshold": f"{liveness.threshold:.4f}",
-            "web_signals": ",".join(
-                f"{s.name}:{'triggered' if s.triggered else 'clear'}" for s in liveness.signals
-            )[:MAX_META_CHARS],
-        }
-        return {
-            "resolution": "SUCCESS" if liveness.live else "DECLINED",
-            "declined_by": declined_by,
-            "full": full,
-            "summary": summary,
-        }
+    async def _analyse(
+        self,
+        session: Session,
+        video: bytes,
+        content_type: str,
+        capture: Capture,
+        described: dict[str, str],
+    ) -> tuple[str, dict[str, object]]:
+        """Passive: the video into the folder with its capture metadata, then one LIVENESS
+        analysis run by the service (its liveness, replay, virtual-camera and timing signals);
+        the backend reads the same analysis from the folder."""
+        await self.service.upload(
+            session.folder_id, video, [PASSIVE_TAG], described, content_type, capture
+        )
+        analysis = await self.service.liveness(session.folder_id, self.settings.analysis_wait_s)
+        resolution = folders_pb2.Resolution.Name(analysis.resolution).removeprefix("RESOLUTION_")
+        if resolution != "SUCCESS":
+            resolution = "DECLINED"  # FAILED (an unreadable video…) is a decline to the page
+        full = as_dict(analysis)
+        for result in full.get("results", []):  # type: ignore[attr-defined]
+            result.pop("frames", None)
+        return resolution, full
+
+    async def _answer(
+        self,
+        session: Session,
+        video: bytes,
+        content_type: str,
+        capture: Capture,
+        described: dict[str, str],
+    ) -> tuple[str, dict[str, object]]:
+        """Active: the challenge's verdict (its gestures, liveness, replay and the capture's
+        virtual-camera and timing checks); the video is kept in the folder (no analysis: it was
+        judged once), and the backend reads the verdict with GetChallenge(web_challenge_id)."""
+        verdict = await self.service.answer_challenge(session.challenge_id, video, capture)
+        await self.service.upload(
+            session.folder_id, video, [PASSIVE_TAG], described, content_type, capture
+        )
+        full = as_dict(verdict)
+        full.pop("verdict_token", None)
+        return verdict.resolution, full
 
     async def demo_result(self, request: Request) -> Response:
         """The demo's "backend": the folder by ``transaction_id`` created within the last hour,
@@ -299,10 +302,16 @@ def create_app(settings: WebSettings, service: VigilService | None = None) -> St
         # the service's message for a bad capture (undecodable, too long…); nothing else
         return problem(code, exc.message if code != 502 else "the liveness service failed")
 
+    async def analysis_late(request: Request, exc: Exception) -> Response:
+        return problem(
+            504, "the analysis is not finished yet; the backend will find it in the folder"
+        )
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await service.close()
+        await console.close()
 
     routes = [
         Route("/api/sessions", adapter.open_session, methods=["POST"]),
@@ -311,6 +320,10 @@ def create_app(settings: WebSettings, service: VigilService | None = None) -> St
         Route("/plugin/vigil-web.css", adapter.static),
         Route("/healthz", lambda r: JSONResponse({"ok": True})),
     ]
+    # the operator console: people sign in; each call carries the person's own token
+    console = ConsoleClient(
+        Connection(settings.server, tls_ca=settings.tls_ca), settings.call_timeout_s
+    )
     if settings.demo:
         routes += [
             Route("/demo", adapter.static),
@@ -320,8 +333,9 @@ def create_app(settings: WebSettings, service: VigilService | None = None) -> St
     app = Starlette(
         routes=routes,
         middleware=[Middleware(Headers, settings=settings)],
-        exception_handlers={VigilRpcError: rpc_failed},
+        exception_handlers={VigilRpcError: rpc_failed, AnalysisTimeout: analysis_late},
         lifespan=lifespan,
     )
+    app.router.routes.extend(console_routes(console))
     app.state.adapter = adapter
     return app

@@ -3,6 +3,8 @@ has no folder or challenge calls yet), asyncio, every call with the adapter's cr
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,8 +22,6 @@ from vigil.v1 import (
     common_pb2,
     folders_pb2,
     folders_pb2_grpc,
-    instant_pb2,
-    instant_pb2_grpc,
     video_pb2,
 )
 
@@ -50,18 +50,20 @@ class Capture:
     timestamps_ms: list[float] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The service's answer to one capture: ``resolution`` is SUCCESS or DECLINED; ``full`` is the
-    whole result (only for FULL mode and the folder's metadata)."""
-
-    resolution: str
-    declined_by: list[str]
-    full: dict[str, object]
-
-
 def as_dict(message: Message) -> dict[str, object]:
     return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def capture_info(capture: Capture) -> video_pb2.CaptureInfo:
+    return video_pb2.CaptureInfo(
+        camera_label=capture.camera_label,
+        device=capture.device,
+        frame_timestamps_ms=capture.timestamps_ms,
+    )
+
+
+class AnalysisTimeout(Exception):
+    """The analysis was not final within the adapter's wait (it goes on in the service)."""
 
 
 class VigilService:
@@ -85,10 +87,6 @@ class VigilService:
     @property
     def _challenges(self) -> challenges_pb2_grpc.ChallengesAsyncStub:
         return challenges_pb2_grpc.ChallengesStub(self.channel)
-
-    @property
-    def _instant(self) -> instant_pb2_grpc.InstantAsyncStub:
-        return instant_pb2_grpc.InstantStub(self.channel)
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -116,34 +114,36 @@ class VigilService:
         )
 
     async def answer_challenge(
-        self, challenge_id: str, video: bytes
+        self, challenge_id: str, video: bytes, capture: Capture
     ) -> challenges_pb2.ChallengeVerdict:
         request = challenges_pb2.AnswerChallengeRequest(
-            challenge_id=challenge_id, video=common_pb2.Media(data=video)
+            challenge_id=challenge_id,
+            video=common_pb2.Media(data=video),
+            capture=capture_info(capture),
         )
         return await self._call(
             self._challenges.AnswerChallenge(request, timeout=self.timeout, metadata=self._metadata)
         )
 
-    async def video_liveness(self, video: bytes, capture: Capture) -> instant_pb2.LivenessResponse:
-        request = instant_pb2.LivenessRequest(
-            image=common_pb2.Media(data=video),
-            capture=video_pb2.CaptureInfo(
-                camera_label=capture.camera_label,
-                device=capture.device,
-                frame_timestamps_ms=capture.timestamps_ms,
-            ),
-        )
-        return await self._call(
-            self._instant.CheckLiveness(request, timeout=self.timeout, metadata=self._metadata)
-        )
-
     async def upload(
-        self, folder_id: str, video: bytes, tags: list[str], meta: dict[str, str], content_type: str
+        self,
+        folder_id: str,
+        video: bytes,
+        tags: list[str],
+        meta: dict[str, str],
+        content_type: str,
+        capture: Capture,
     ) -> str:
+        """The video into the folder with its capture metadata (kept by the service for the
+        LIVENESS analysis' virtual-camera and timing signals)."""
+
         async def parts() -> AsyncIterator[folders_pb2.UploadMediaRequest]:
             header = folders_pb2.UploadMediaHeader(
-                folder_id=folder_id, tags=tags, meta=meta, content_type=content_type
+                folder_id=folder_id,
+                tags=tags,
+                meta=meta,
+                content_type=content_type,
+                capture=capture_info(capture),
             )
             yield folders_pb2.UploadMediaRequest(header=header)
             for start in range(0, len(video), UPLOAD_CHUNK):
@@ -153,6 +153,34 @@ class VigilService:
             self._folders.UploadMedia(parts(), timeout=self.timeout, metadata=self._metadata)
         )
         return media.id
+
+    async def liveness(self, folder_id: str, wait_s: float) -> folders_pb2.Analysis:
+        """A LIVENESS analysis of the folder, final: polled until it is FINISHED or FAILED,
+        for at most ``wait_s`` (then :class:`AnalysisTimeout`)."""
+        request = folders_pb2.CreateAnalysesRequest(
+            folder_id=folder_id,
+            analyses=[folders_pb2.AnalysisRequest(type=folders_pb2.ANALYSIS_TYPE_LIVENESS)],
+        )
+        created = await self._call(
+            self._folders.CreateAnalyses(request, timeout=self.timeout, metadata=self._metadata)
+        )
+        analysis_id = created.analyses[0].id
+        give_up = time.monotonic() + wait_s
+        pause = 0.1
+        while True:
+            analysis = await self._call(
+                self._folders.GetAnalysis(
+                    folders_pb2.GetAnalysisRequest(analysis_id=analysis_id),
+                    timeout=self.timeout,
+                    metadata=self._metadata,
+                )
+            )
+            if analysis.state != folders_pb2.ANALYSIS_STATE_PROCESSING:
+                return analysis
+            if time.monotonic() + pause > give_up:
+                raise AnalysisTimeout(analysis_id)
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 1.0)
 
     async def set_meta(self, folder_id: str, values: dict[str, str]) -> None:
         request = folders_pb2.UpdateFolderMetaRequest(folder_id=folder_id, set=values)

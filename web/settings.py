@@ -64,6 +64,9 @@ class WebSettings(BaseSettings):
     """Serve the demo page and its backend (/demo), which shows FULL results to the browser."""
     call_timeout_s: float = Field(default=120.0, gt=0)
     """Deadline of each call to the service."""
+    analysis_wait_s: float = Field(default=120.0, gt=0)
+    """How long a capture waits for its LIVENESS analysis to be final before answering 504 (the
+    analysis goes on; the backend reads its result from the folder)."""
 
     def credential(self) -> str:
         if self.api_key:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 
 from vigil.inference.errors import InvalidArgument
@@ -24,6 +25,7 @@ from vigil.inference.gestures.verify import (
 )
 from vigil.inference.types import Timings
 from vigil.inference.video.decode import decode_video
+from vigil.inference.video.signals import capture_signals
 from vigil.server.api import challenges_converters as cconv
 from vigil.server.api import converters as conv
 from vigil.server.api.stream_liveness import decode_frame
@@ -32,7 +34,7 @@ from vigil.server.rpc import Context
 from vigil.server.security.principal import acting_company
 from vigil.server.security.state import Security
 from vigil.server.settings import Settings
-from vigil.server.video import replay_memory_for
+from vigil.server.video import capture_of, replay_memory_for, video_config
 from vigil.storage import challenges
 from vigil.storage.tables import Challenge
 from vigil.v1 import challenges_pb2, challenges_pb2_grpc
@@ -130,7 +132,21 @@ class ChallengesServicer(challenges_pb2_grpc.ChallengesServicer):
                 media_sha256=video.info.sha256,
                 deadline=deadline,
             )
+        verdict = replace(verdict, checks=[*verdict.checks, *self._capture_checks(request)])
         return await self._signed(row, company, verdict)
+
+    def _capture_checks(self, request: challenges_pb2.AnswerChallengeRequest) -> list[Check]:
+        """The answer's capture metadata as checks: the same virtual-camera and timing signals
+        (and VIGIL_DECLINE_ON_* policy) as the Instant API's CaptureInfo; a signal that declines
+        fails its check. None without capture metadata."""
+        if not request.HasField("capture"):
+            return []
+        capture = capture_of(request.capture)
+        policy = video_config(self.settings).policy
+        signals = capture_signals(
+            policy, capture.camera_label, capture.device, capture.timestamps_ms, None
+        )
+        return [Check(s.name, not s.declines, s.detail) for s in signals]
 
     async def StreamAnswer(
         self,

@@ -57,6 +57,7 @@ def challenge_message(row: Challenge) -> challenges_pb2.Challenge:
         created_at=timestamp(row.created_at),
         expires_at=timestamp(row.expires_at),
         answered=row.consumed_at is not None,
+        resolution=row.outcome or "",
     )
 
 

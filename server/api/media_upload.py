@@ -15,6 +15,7 @@ from vigil.inference.errors import InvalidArgument, InvalidMedia, MediaTooLarge,
 from vigil.inference.media import probe, sniff_kind, unsupported_name
 from vigil.server.api.validation import meta_limits
 from vigil.server.context import AppContext
+from vigil.server.video import CAPTURE_META_KEY, capture_meta
 from vigil.storage import folders
 from vigil.storage.common import validate_meta
 from vigil.storage.tables import Media
@@ -61,6 +62,13 @@ async def stage_media(
     """Receive one media's bytes into a committed blob; returns its (unsaved) row."""
     tags = validate_tags(header.tags)
     meta = validate_meta(dict(header.meta), "media meta", meta_limits(app.settings))
+    if CAPTURE_META_KEY in meta:
+        raise InvalidArgument(
+            f"media meta key {CAPTURE_META_KEY!r} is the server's; send the capture as "
+            "header.capture"
+        )
+    # kept beside the client's meta (not counted against its limits): a video's frame times
+    meta.update(capture_meta(header.capture))
     writer = await app.io(app.blobs.writer, app.settings.max_media_bytes)
     try:
         async for chunk in chunks:

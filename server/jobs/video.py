@@ -13,6 +13,7 @@ from vigil.inference.errors import VigilError
 from vigil.inference.video.liveness import VideoLiveness
 from vigil.inference.video.types import BestShot
 from vigil.server.records import frame_record, signal_record, video_facts
+from vigil.server.video import capture_from_meta
 from vigil.storage.results import FaceRecord, MediaResult, Resolution
 from vigil.storage.tables import Media
 
@@ -20,9 +21,12 @@ from vigil.storage.tables import Media
 async def video_liveness_result(
     video: VideoLiveness, media: Media, data: bytes, threshold: float
 ) -> MediaResult:
-    """LIVENESS of one video: SUCCESS when live at ``threshold`` and no signal declines."""
+    """LIVENESS of one video: SUCCESS when live at ``threshold`` and no signal declines. The
+    capture metadata uploaded with the video feeds its virtual-camera and timing signals."""
     try:
-        verdict = await video.analyze(data, origin=media.id, admit=False)
+        verdict = await video.analyze(
+            data, capture_from_meta(media.meta), origin=media.id, admit=False
+        )
     except VigilError as exc:
         return MediaResult(media_id=media.id, resolution=Resolution.DECLINED, error=exc.message)
     best = verdict.best_shot

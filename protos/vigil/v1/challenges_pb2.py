@@ -27,7 +27,7 @@ from vigil.v1 import common_pb2 as vigil_dot_v1_dot_common__pb2
 from vigil.v1 import video_pb2 as vigil_dot_v1_dot_video__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vigil/v1/challenges.proto\x12\x08vigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15vigil/v1/common.proto\x1a\x14vigil/v1/video.proto\"K\n\x16\x43reateChallengeRequest\x12\"\n\x07\x61llowed\x18\x01 \x03(\x0e\x32\x11.vigil.v1.Gesture\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xd8\x01\n\tChallenge\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12#\n\x08gestures\x18\x03 \x03(\x0e\x32\x11.vigil.v1.Gesture\x12\x19\n\x11gesture_window_ms\x18\x04 \x01(\x05\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61nswered\x18\x07 \x01(\x08\"+\n\x13GetChallengeRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\"N\n\x16\x41nswerChallengeRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x1e\n\x05video\x18\x02 \x01(\x0b\x32\x0f.vigil.v1.Media\"`\n\x13StreamAnswerRequest\x12\x16\n\x0c\x63hallenge_id\x18\x01 \x01(\tH\x00\x12&\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x15.vigil.v1.StreamFrameH\x00\x42\t\n\x07message\"\xe1\x01\n\rGestureResult\x12\"\n\x07gesture\x18\x01 \x01(\x0e\x32\x11.vigil.v1.Gesture\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06signal\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x04 \x01(\x02\x12\x0f\n\x07\x65xtreme\x18\x05 \x01(\x02\x12\x11\n\tthreshold\x18\x06 \x01(\x02\x12\x13\n\x0bstart_frame\x18\x07 \x01(\x05\x12\x11\n\tend_frame\x18\x08 \x01(\x05\x12\x0f\n\x07start_s\x18\t \x01(\x01\x12\r\n\x05\x65nd_s\x18\n \x01(\x01\x12\x0e\n\x06reason\x18\x0b \x01(\t\";\n\x0b\x41nswerCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xe1\x02\n\x10\x43hallengeVerdict\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x12\n\nresolution\x18\x03 \x01(\t\x12)\n\x08gestures\x18\x04 \x03(\x0b\x32\x17.vigil.v1.GestureResult\x12%\n\x06\x63hecks\x18\x05 \x03(\x0b\x32\x15.vigil.v1.AnswerCheck\x12\x16\n\x0eliveness_score\x18\x06 \x01(\x02\x12\x1a\n\x12liveness_threshold\x18\x07 \x01(\x02\x12\x17\n\x0f\x66rames_analysed\x18\x08 \x01(\x05\x12\x15\n\rframes_sha256\x18\t \x01(\t\x12\x15\n\rverdict_token\x18\n \x01(\t\x12\x36\n\x12verdict_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x0c \x01(\t*\xbc\x01\n\x07Gesture\x12\x17\n\x13GESTURE_UNSPECIFIED\x10\x00\x12\x11\n\rGESTURE_BLINK\x10\x01\x12\x11\n\rGESTURE_SMILE\x10\x02\x12\x15\n\x11GESTURE_TURN_LEFT\x10\x03\x12\x16\n\x12GESTURE_TURN_RIGHT\x10\x04\x12\x13\n\x0fGESTURE_TILT_UP\x10\x05\x12\x15\n\x11GESTURE_TILT_DOWN\x10\x06\x12\x17\n\x13GESTURE_MOVE_CLOSER\x10\x07\x32\xb8\x02\n\nChallenges\x12H\n\x0f\x43reateChallenge\x12 .vigil.v1.CreateChallengeRequest\x1a\x13.vigil.v1.Challenge\x12\x42\n\x0cGetChallenge\x12\x1d.vigil.v1.GetChallengeRequest\x1a\x13.vigil.v1.Challenge\x12O\n\x0f\x41nswerChallenge\x12 .vigil.v1.AnswerChallengeRequest\x1a\x1a.vigil.v1.ChallengeVerdict\x12K\n\x0cStreamAnswer\x12\x1d.vigil.v1.StreamAnswerRequest\x1a\x1a.vigil.v1.ChallengeVerdict(\x01\x42\x02P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19vigil/v1/challenges.proto\x12\x08vigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15vigil/v1/common.proto\x1a\x14vigil/v1/video.proto\"K\n\x16\x43reateChallengeRequest\x12\"\n\x07\x61llowed\x18\x01 \x03(\x0e\x32\x11.vigil.v1.Gesture\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"\xec\x01\n\tChallenge\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12#\n\x08gestures\x18\x03 \x03(\x0e\x32\x11.vigil.v1.Gesture\x12\x19\n\x11gesture_window_ms\x18\x04 \x01(\x05\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61nswered\x18\x07 \x01(\x08\x12\x12\n\nresolution\x18\x08 \x01(\t\"+\n\x13GetChallengeRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\"v\n\x16\x41nswerChallengeRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x1e\n\x05video\x18\x02 \x01(\x0b\x32\x0f.vigil.v1.Media\x12&\n\x07\x63\x61pture\x18\x03 \x01(\x0b\x32\x15.vigil.v1.CaptureInfo\"`\n\x13StreamAnswerRequest\x12\x16\n\x0c\x63hallenge_id\x18\x01 \x01(\tH\x00\x12&\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x15.vigil.v1.StreamFrameH\x00\x42\t\n\x07message\"\xe1\x01\n\rGestureResult\x12\"\n\x07gesture\x18\x01 \x01(\x0e\x32\x11.vigil.v1.Gesture\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06signal\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x04 \x01(\x02\x12\x0f\n\x07\x65xtreme\x18\x05 \x01(\x02\x12\x11\n\tthreshold\x18\x06 \x01(\x02\x12\x13\n\x0bstart_frame\x18\x07 \x01(\x05\x12\x11\n\tend_frame\x18\x08 \x01(\x05\x12\x0f\n\x07start_s\x18\t \x01(\x01\x12\r\n\x05\x65nd_s\x18\n \x01(\x01\x12\x0e\n\x06reason\x18\x0b \x01(\t\";\n\x0b\x41nswerCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xe1\x02\n\x10\x43hallengeVerdict\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x12\n\nresolution\x18\x03 \x01(\t\x12)\n\x08gestures\x18\x04 \x03(\x0b\x32\x17.vigil.v1.GestureResult\x12%\n\x06\x63hecks\x18\x05 \x03(\x0b\x32\x15.vigil.v1.AnswerCheck\x12\x16\n\x0eliveness_score\x18\x06 \x01(\x02\x12\x1a\n\x12liveness_threshold\x18\x07 \x01(\x02\x12\x17\n\x0f\x66rames_analysed\x18\x08 \x01(\x05\x12\x15\n\rframes_sha256\x18\t \x01(\t\x12\x15\n\rverdict_token\x18\n \x01(\t\x12\x36\n\x12verdict_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x0c \x01(\t*\xbc\x01\n\x07Gesture\x12\x17\n\x13GESTURE_UNSPECIFIED\x10\x00\x12\x11\n\rGESTURE_BLINK\x10\x01\x12\x11\n\rGESTURE_SMILE\x10\x02\x12\x15\n\x11GESTURE_TURN_LEFT\x10\x03\x12\x16\n\x12GESTURE_TURN_RIGHT\x10\x04\x12\x13\n\x0fGESTURE_TILT_UP\x10\x05\x12\x15\n\x11GESTURE_TILT_DOWN\x10\x06\x12\x17\n\x13GESTURE_MOVE_CLOSER\x10\x07\x32\xb8\x02\n\nChallenges\x12H\n\x0f\x43reateChallenge\x12 .vigil.v1.CreateChallengeRequest\x1a\x13.vigil.v1.Challenge\x12\x42\n\x0cGetChallenge\x12\x1d.vigil.v1.GetChallengeRequest\x1a\x13.vigil.v1.Challenge\x12O\n\x0f\x41nswerChallenge\x12 .vigil.v1.AnswerChallengeRequest\x1a\x1a.vigil.v1.ChallengeVerdict\x12K\n\x0cStreamAnswer\x12\x1d.vigil.v1.StreamAnswerRequest\x1a\x1a.vigil.v1.ChallengeVerdict(\x01\x42\x02P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vigil.v1.challenges_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001'
-  _globals['_GESTURE']._serialized_start=1282
-  _globals['_GESTURE']._serialized_end=1470
+  _globals['_GESTURE']._serialized_start=1342
+  _globals['_GESTURE']._serialized_end=1530
   _globals['_CREATECHALLENGEREQUEST']._serialized_start=117
   _globals['_CREATECHALLENGEREQUEST']._serialized_end=192
   _globals['_CHALLENGE']._serialized_start=195
-  _globals['_CHALLENGE']._serialized_end=411
-  _globals['_GETCHALLENGEREQUEST']._serialized_start=413
-  _globals['_GETCHALLENGEREQUEST']._serialized_end=456
-  _globals['_ANSWERCHALLENGEREQUEST']._serialized_start=458
-  _globals['_ANSWERCHALLENGEREQUEST']._serialized_end=536
-  _globals['_STREAMANSWERREQUEST']._serialized_start=538
-  _globals['_STREAMANSWERREQUEST']._serialized_end=634
-  _globals['_GESTURERESULT']._serialized_start=637
-  _globals['_GESTURERESULT']._serialized_end=862
-  _globals['_ANSWERCHECK']._serialized_start=864
-  _globals['_ANSWERCHECK']._serialized_end=923
-  _globals['_CHALLENGEVERDICT']._serialized_start=926
-  _globals['_CHALLENGEVERDICT']._serialized_end=1279
-  _globals['_CHALLENGES']._serialized_start=1473
-  _globals['_CHALLENGES']._serialized_end=1785
+  _globals['_CHALLENGE']._serialized_end=431
+  _globals['_GETCHALLENGEREQUEST']._serialized_start=433
+  _globals['_GETCHALLENGEREQUEST']._serialized_end=476
+  _globals['_ANSWERCHALLENGEREQUEST']._serialized_start=478
+  _globals['_ANSWERCHALLENGEREQUEST']._serialized_end=596
+  _globals['_STREAMANSWERREQUEST']._serialized_start=598
+  _globals['_STREAMANSWERREQUEST']._serialized_end=694
+  _globals['_GESTURERESULT']._serialized_start=697
+  _globals['_GESTURERESULT']._serialized_end=922
+  _globals['_ANSWERCHECK']._serialized_start=924
+  _globals['_ANSWERCHECK']._serialized_end=983
+  _globals['_CHALLENGEVERDICT']._serialized_start=986
+  _globals['_CHALLENGEVERDICT']._serialized_end=1339
+  _globals['_CHALLENGES']._serialized_start=1533
+  _globals['_CHALLENGES']._serialized_end=1845
 # @@protoc_insertion_point(module_scope)

@@ -92,6 +92,7 @@ class Challenge(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     ANSWERED_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     nonce: _builtins.str
     """128 random bits, hex; the signed verdict carries it."""
@@ -99,6 +100,10 @@ class Challenge(_message.Message):
     """Each gesture must follow the previous one (the first: the answer's first frame) within this."""
     answered: _builtins.bool
     """True once answered (a challenge is answered once)."""
+    resolution: _builtins.str
+    """The answer's verdict once judged: SUCCESS or DECLINED (empty before), for a backend that
+    reads an active session's result from the service.
+    """
     @_builtins.property
     def gestures(self) -> _containers.RepeatedScalarFieldContainer[Global___Gesture.ValueType]:
         """In the order they must be performed."""
@@ -117,10 +122,11 @@ class Challenge(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         answered: _builtins.bool = ...,
+        resolution: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "created_at", b"created_at", "expires_at", b"expires_at", "gesture_window_ms", b"gesture_window_ms", "gestures", b"gestures", "id", b"id", "nonce", b"nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "created_at", b"created_at", "expires_at", b"expires_at", "gesture_window_ms", b"gesture_window_ms", "gestures", b"gestures", "id", b"id", "nonce", b"nonce", "resolution", b"resolution"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -151,18 +157,24 @@ class AnswerChallengeRequest(_message.Message):
 
     CHALLENGE_ID_FIELD_NUMBER: _builtins.int
     VIDEO_FIELD_NUMBER: _builtins.int
+    CAPTURE_FIELD_NUMBER: _builtins.int
     challenge_id: _builtins.str
     @_builtins.property
     def video(self) -> _common_pb2.Media: ...
+    @_builtins.property
+    def capture(self) -> _video_pb2.CaptureInfo:
+        """How the answer was captured: its virtual-camera and timing signals are checks of the verdict."""
+
     def __init__(
         self,
         *,
         challenge_id: _builtins.str = ...,
         video: _common_pb2.Media | None = ...,
+        capture: _video_pb2.CaptureInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["video", b"video"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "challenge_id", b"challenge_id", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -573,6 +573,7 @@ class UploadMediaHeader(_message.Message):
     META_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     ORIGINAL_NAME_FIELD_NUMBER: _builtins.int
+    CAPTURE_FIELD_NUMBER: _builtins.int
     folder_id: _builtins.str
     content_type: _builtins.str
     original_name: _builtins.str
@@ -580,6 +581,12 @@ class UploadMediaHeader(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def meta(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def capture(self) -> _video_pb2.CaptureInfo:
+        """How a video was captured (camera label, device, frame times): kept with the media (its meta
+        key `vigil_capture`, JSON) and used by its LIVENESS analyses' injection signals.
+        """
+
     def __init__(
         self,
         *,
@@ -588,10 +595,11 @@ class UploadMediaHeader(_message.Message):
         meta: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         content_type: _builtins.str = ...,
         original_name: _builtins.str = ...,
+        capture: _video_pb2.CaptureInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "folder_id", b"folder_id", "meta", b"meta", "original_name", b"original_name", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "content_type", b"content_type", "folder_id", b"folder_id", "meta", b"meta", "original_name", b"original_name", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
