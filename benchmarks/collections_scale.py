@@ -69,10 +69,20 @@ class Row:
     replica_visible_ms: float | None = None
 
 
-def gallery(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """n faces of n/5 people (unit-scale centers), and each face's person."""
+def gallery(
+    n: int, rng: np.random.Generator, templates: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """n faces of n/5 people, and the people's centers. Without ``templates`` the people are
+    random unit-scale points (all about 1.4 apart: no structure, the graph's hardest case); with
+    real templates (``--templates``, e.g. ORL's 400) each person is a real template moved by about
+    0.55, so people crowd where real faces are."""
     people = max(1, n // PHOTOS_PER_PERSON)
-    centers = rng.normal(0.0, 1.0 / math.sqrt(DIM), (people, DIM)).astype(np.float32)
+    if templates is None:
+        centers = rng.normal(0.0, 1.0 / math.sqrt(DIM), (people, DIM)).astype(np.float32)
+    else:
+        seeds = templates[rng.integers(0, len(templates), people)]
+        offset = rng.normal(0.0, 0.55 / math.sqrt(DIM), seeds.shape)
+        centers = (seeds + offset).astype(np.float32)
     person = np.arange(n) % people
     faces = np.empty((n, DIM), np.float32)
     for start in range(0, n, 100_000):  # blockwise: no n x 128 float64 temporary
@@ -113,7 +123,8 @@ def rss_mb() -> float:
 
 def measure(n: int, args: argparse.Namespace, rng: np.random.Generator) -> Row:
     rss_before = rss_mb()
-    faces, centers = gallery(n, rng)
+    templates = np.load(args.templates).astype(np.float32) if args.templates else None
+    faces, centers = gallery(n, rng, templates)
     ids = [f"{i:032x}" for i in range(n)]
     embeddings = repo.Embeddings(ids, ids, faces)
     config = IndexConfig(
@@ -239,6 +250,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--poll", type=float, default=0.5, help="the follower's poll (s)")
     parser.add_argument("--visibility-adds", type=int, default=20)
+    parser.add_argument(
+        "--templates", type=Path, help="a .npy of real templates (n x 128) to draw people around"
+    )
     parser.add_argument("--postgres", help="measure replica visibility on this PostgreSQL URL")
     parser.add_argument("--out", type=Path, default=REPORT)
     args = parser.parse_args()
@@ -274,6 +288,7 @@ def main() -> None:
         "ann_candidates": args.candidates,
         "threads": args.threads,
         "replica_db": "postgresql" if args.postgres else "sqlite",
+        "people": "around real templates" if args.templates else "random",
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
