@@ -218,6 +218,46 @@ async def _find(adapter: AdapterThread, transaction_id: str) -> Any:
         await service.close()
 
 
+def challenge(adapter: AdapterThread, vigil: ServerThread, challenge_id: str) -> Any:
+    """The page's backend: an active session's challenge, with its resolution."""
+    return vigil.call(lambda: _challenge(adapter, challenge_id))
+
+
+async def _challenge(adapter: AdapterThread, challenge_id: str) -> Any:
+    from vigil.client.connection import Connection
+    from vigil.web.service import VigilService
+
+    service = VigilService(
+        Connection(adapter.adapter.settings.server, api_key=adapter.adapter.settings.api_key), 30
+    )
+    try:
+        return await service.get_challenge(challenge_id)
+    finally:
+        await service.close()
+
+
+def liveness_of(found: Any) -> Any:
+    """The folder's one LIVENESS analysis (the adapter ran it; the result is the service's)."""
+    from vigil.v1 import folders_pb2
+
+    assert found is not None, "the backend found no folder for the transaction"
+    (analysis,) = found.analyses
+    assert analysis.type == folders_pb2.ANALYSIS_TYPE_LIVENESS
+    assert analysis.state == folders_pb2.ANALYSIS_STATE_FINISHED, analysis.error
+    return analysis
+
+
+def resolution(analysis: Any) -> str:
+    from vigil.v1 import folders_pb2
+
+    return folders_pb2.Resolution.Name(analysis.resolution).removeprefix("RESOLUTION_")
+
+
+def signal(analysis: Any, name: str) -> Any:
+    (result,) = analysis.results
+    return {s.name: s for s in result.signals}[name]
+
+
 def trust(adapter: AdapterThread, *clips: Path) -> None:
     """The test setting: these fake camera labels are not sent to the virtual-camera check."""
     adapter.adapter.settings.trusted_camera_labels[:] = [str(c) for c in clips]
@@ -232,7 +272,7 @@ def test_a_live_face_gets_success_and_nothing_else(
     adapter: AdapterThread, vigil: ServerThread, browser: Browser, clips: dict[str, Path]
 ) -> None:
     """The page sees {"status": "SUCCESS"} and nothing else; the backend, by transaction_id and
-    time, reads the score, the signals and what the plugin sent."""
+    time, reads the folder's LIVENESS analysis (score, signals) and what the plugin sent."""
     trust(adapter, clips["live"])
     driver = browser("live")
     transaction_id, seen = capture(driver, adapter, "live")
@@ -244,17 +284,22 @@ def test_a_live_face_gets_success_and_nothing_else(
     assert "HeadlessChrome" in sent["user_agent"]
 
     found = folder(adapter, vigil, transaction_id)
-    meta = meta_of(found)
-    assert meta["web_resolution"] == "SUCCESS" and meta["web_declined_by"] == ""
-    assert float(meta["web_liveness_score"]) >= float(meta["web_liveness_threshold"])
-    assert "virtual_camera:clear" in meta["web_signals"]
+    # the folder's meta: the page's and the origin, no result the adapter wrote
+    assert set(meta_of(found)) == {"transaction_id", "web_origin"}
+    analysis = liveness_of(found)
+    assert resolution(analysis) == "SUCCESS", analysis
+    (result,) = analysis.results
+    assert result.score >= analysis.thresholds["liveness"] and result.face.box.width > 0
+    assert not signal(analysis, "virtual_camera").triggered
     (media,) = found.media
+    assert result.media_id == media.id
     assert list(media.tags) == ["video_selfie_blank"] and media.content_type == "video/webm"
     assert media.meta["capture_camera_label"] == str(clips["live"])
     assert media.meta["capture_label_trusted"] == "true"
-    # the demo's backend showed the same folder, FULL, on the page
+    assert "vigil_capture" in media.meta  # what the analysis read: device, frame times
+    # the demo's backend showed the same folder and analysis, FULL, on the page
     shown = driver.find_element("id", "full").text
-    assert found.id in shown and "web_liveness_score" in shown
+    assert found.id in shown and analysis.id in shown and "ANALYSIS_TYPE_LIVENESS" in shown
 
 
 def test_the_fake_camera_is_a_virtual_camera_by_default(
@@ -264,9 +309,11 @@ def test_the_fake_camera_is_a_virtual_camera_by_default(
     driver = browser("virtual")
     transaction_id, seen = capture(driver, adapter, "virtual")
     assert seen["complete"] == {"status": "DECLINED"}, seen
-    meta = meta_of(folder(adapter, vigil, transaction_id))
-    assert meta["web_declined_by"] == "virtual_camera"
-    assert "virtual_camera:triggered" in meta["web_signals"]
+    analysis = liveness_of(folder(adapter, vigil, transaction_id))
+    assert resolution(analysis) == "DECLINED", analysis
+    virtual = signal(analysis, "virtual_camera")
+    assert virtual.triggered and virtual.declines, virtual
+    assert "virtual_camera" in analysis.results[0].error
 
 
 def test_a_screen_replay_is_declined(
@@ -276,10 +323,12 @@ def test_a_screen_replay_is_declined(
     driver = browser("screen")
     transaction_id, seen = capture(driver, adapter, "screen")
     assert seen["complete"] == {"status": "DECLINED"}, seen
-    meta = meta_of(folder(adapter, vigil, transaction_id))
-    assert meta["web_declined_by"] == "liveness", meta
-    assert float(meta["web_liveness_score"]) < float(meta["web_liveness_threshold"])
-    assert "virtual_camera:clear" in meta["web_signals"]
+    analysis = liveness_of(folder(adapter, vigil, transaction_id))
+    assert resolution(analysis) == "DECLINED", analysis
+    # declined for its score, not by a signal
+    assert analysis.results[0].score < analysis.thresholds["liveness"]
+    assert not analysis.results[0].error
+    assert not signal(analysis, "virtual_camera").triggered
 
 
 def test_a_performed_challenge_passes(
@@ -288,10 +337,14 @@ def test_a_performed_challenge_passes(
     trust(adapter, clips["gestures"])
     driver = browser("gestures")
     transaction_id, seen = capture(driver, adapter, "gestures", gestures=True)
-    meta = meta_of(folder(adapter, vigil, transaction_id))
-    assert seen["complete"] == {"status": "SUCCESS"}, (seen, meta)
-    assert meta["web_challenge_id"] and meta["web_resolution"] == "SUCCESS"
-    assert "liveness:pass" in meta["web_checks"] and "fail" not in meta["web_checks"]
+    found = folder(adapter, vigil, transaction_id)
+    assert seen["complete"] == {"status": "SUCCESS"}, seen
+    # the backend reads the verdict from the challenge; the video is in the folder, unanalysed
+    # (it was judged once, by the challenge)
+    read = challenge(adapter, vigil, meta_of(found)["web_challenge_id"])
+    assert read.answered and read.resolution == "SUCCESS"
+    (media,) = found.media
+    assert not found.analyses and "vigil_capture" in media.meta
 
 
 def test_a_still_face_fails_the_challenge(
@@ -301,10 +354,13 @@ def test_a_still_face_fails_the_challenge(
     driver = browser("still")
     transaction_id, seen = capture(driver, adapter, "still", gestures=True, lang="de")
     assert seen["complete"] == {"status": "DECLINED"}, seen
-    meta = meta_of(folder(adapter, vigil, transaction_id))
-    # declined for the gestures it did not make, its face seen throughout
-    assert {"smile", "move_closer"} <= set(meta["web_declined_by"].split(",")), meta
-    assert "single_face:pass" in meta["web_checks"], meta
+    read = challenge(
+        adapter, vigil, meta_of(folder(adapter, vigil, transaction_id))["web_challenge_id"]
+    )
+    assert read.answered and read.resolution == "DECLINED"
+    # declined for the gestures it did not make (the demo's backend showed the challenge)
+    shown = driver.find_element("id", "full").text
+    assert '"resolution": "DECLINED"' in shown and read.id in shown
     # the German pack: the last prompt shown
     assert driver.find_element("class name", "vigil-web__prompt").text == "Nicht bestätigt"
 
@@ -344,13 +400,16 @@ def test_forged_results_replays_foreign_origins_and_expired_sessions_are_refused
     # a forged result: there is no route by which a page sets a result
     forged = driver.execute_async_script(POST, url, f"/api/sessions/{session}/result", session)
     assert forged["status"] in (404, 405), forged
-    assert "web_resolution" not in meta_of(folder(adapter, vigil, transaction_id))
+    assert not folder(adapter, vigil, transaction_id).analyses
 
     # the session's one upload (not a video: the service refuses it), then a replay of it
     first = driver.execute_async_script(POST, url, f"/api/sessions/{session}/capture", session)
-    assert first["status"] == 400 and "no known" in first["body"], first
+    assert first["status"] == 400 and "not a media type" in first["body"], first
     again = driver.execute_async_script(POST, url, f"/api/sessions/{session}/capture", session)
     assert again == {"status": 409, "body": again["body"]} and "already" in again["body"], again
+    # nothing was judged: no media kept, no analysis
+    refused = folder(adapter, vigil, transaction_id)
+    assert not refused.media and not refused.analyses
 
     # a page of another origin (localhost is not 127.0.0.1): refused, the browser learns nothing
     foreign_id = f"web-foreign-{uuid.uuid4().hex[:8]}"

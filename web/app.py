@@ -25,9 +25,9 @@ from starlette.routing import Route
 
 from vigil.client.connection import Connection
 from vigil.client.errors import VigilRpcError
+from vigil.v1 import folders_pb2
 from vigil.web.console.app import console_routes
 from vigil.web.console.client import ConsoleClient
-from vigil.v1 import folders_pb2
 from vigil.web.service import (
     GESTURE_NAMES,
     PASSIVE_TAG,
@@ -271,15 +271,20 @@ class Adapter:
 
     async def demo_result(self, request: Request) -> Response:
         """The demo's "backend": the folder by ``transaction_id`` created within the last hour,
-        read from the service with the adapter's credential, FULL (a real backend keeps this
-        on its side)."""
+        with its LIVENESS analysis (passive) or its challenge's resolution (active), read from
+        the service with the adapter's credential, FULL (a real backend keeps this on its
+        side)."""
         transaction_id = request.query_params.get("transaction_id", "")
         if not transaction_id:
             return problem(400, "transaction_id is required")
         folder = await self.service.find_folder(transaction_id)
         if folder is None:
             return problem(404, "no folder with this transaction_id in the last hour")
-        return JSONResponse(as_dict(folder))
+        found = as_dict(folder)
+        challenge_id = folder.meta.get("web_challenge_id")
+        if challenge_id:  # an active session: the challenge's verdict is its result
+            found["challenge"] = as_dict(await self.service.get_challenge(challenge_id))
+        return JSONResponse(found)
 
     async def static(self, request: Request) -> Response:
         name, media_type = STATIC[request.url.path]

@@ -182,6 +182,13 @@ class VigilService:
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 1.0)
 
+    async def get_challenge(self, challenge_id: str) -> challenges_pb2.Challenge:
+        """The challenge with its resolution once answered (an active session's result)."""
+        request = challenges_pb2.GetChallengeRequest(challenge_id=challenge_id)
+        return await self._call(
+            self._challenges.GetChallenge(request, timeout=self.timeout, metadata=self._metadata)
+        )
+
     async def set_meta(self, folder_id: str, values: dict[str, str]) -> None:
         request = folders_pb2.UpdateFolderMetaRequest(folder_id=folder_id, set=values)
         await self._call(
