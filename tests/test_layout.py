@@ -128,7 +128,7 @@ def test_the_layout_is_found() -> None:
     assert {"vigil.server", "vigil.inference", "vigil.storage", "vigil.client"} <= set(ALL)
     assert {"vigil.server.api", "vigil.server.security", "vigil.server.jobs"} <= set(ALL)
     assert "vigil.inference.video" in ALL and len(ALL) > 80
-    assert {"vigil.web", "vigil.web.app"} <= set(ALL)
+    assert {"vigil.web", "vigil.web.app", "vigil.web.console.app"} <= set(ALL)
 
 
 @pytest.mark.parametrize(

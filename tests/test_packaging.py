@@ -334,6 +334,8 @@ def test_wheels_hold_exactly_their_packages(wheels: Wheels) -> None:
     }
     # the Web Adapter's static files (the plugin, its style, the demo page)
     assert {"vigil/web/static/vigil-web.js", "vigil/web/static/demo.html"} <= names
+    # the operator console's style and script
+    assert {"vigil/web/console/static/console.css", "vigil/web/console/static/console.js"} <= names
 
 
 #: Run by the client venv's interpreter: what is installed, where vigil comes from, a real call.

@@ -1,0 +1,159 @@
+"""The console's calls to the service: the client SDK's connection and the contract's stubs, one
+channel for the console, each call with the signed-in person's access token (never a service
+credential)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from vigil.client.connection import Connection
+from vigil.client.errors import VigilRpcError
+from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2, folders_pb2_grpc
+
+Reply = TypeVar("Reply")
+
+
+def _stamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+class ConsoleClient:
+    def __init__(self, connection: Connection, timeout: float) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        # made on first use: an aio channel belongs to the event loop that serves requests
+        if self._channel is None:
+            self._channel = self.connection.aio_channel()
+        return self._channel
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    @staticmethod
+    def _metadata(token: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token}"),)
+
+    async def _call(self, call: Awaitable[Reply]) -> Reply:
+        try:
+            return await call
+        except grpc.RpcError as error:
+            raise VigilRpcError.from_grpc(error) from None
+
+    # ---- sign-in ----------------------------------------------------------------------------
+
+    async def login(self, email: str, password: str) -> auth_pb2.TokenPair:
+        stub = auth_pb2_grpc.AuthStub(self.channel)
+        request = auth_pb2.LoginRequest(email=email, password=password)
+        return await self._call(stub.Login(request, timeout=self.timeout))
+
+    async def refresh(self, refresh_token: str) -> auth_pb2.TokenPair:
+        stub = auth_pb2_grpc.AuthStub(self.channel)
+        request = auth_pb2.RefreshRequest(refresh_token=refresh_token)
+        return await self._call(stub.Refresh(request, timeout=self.timeout))
+
+    async def whoami(self, token: str) -> auth_pb2.Principal:
+        stub = auth_pb2_grpc.AuthStub(self.channel)
+        return await self._call(
+            stub.WhoAmI(
+                auth_pb2.WhoAmIRequest(), timeout=self.timeout, metadata=self._metadata(token)
+            )
+        )
+
+    # ---- folders ----------------------------------------------------------------------------
+
+    async def list_folders(
+        self,
+        token: str,
+        *,
+        meta: dict[str, str],
+        created_after: datetime | None,
+        created_before: datetime | None,
+        resolutions: Sequence[folders_pb2.Resolution.ValueType],
+        page_size: int,
+        page_token: str,
+    ) -> folders_pb2.ListFoldersResponse:
+        request = folders_pb2.ListFoldersRequest(
+            meta=[
+                folders_pb2.MetaFilter(key=k, op=folders_pb2.MetaFilter.OP_EQ, value=v)
+                for k, v in meta.items()
+            ],
+            resolutions=resolutions,
+            page_size=page_size,
+            page_token=page_token,
+            with_details=True,
+        )
+        if created_after is not None:
+            request.created_after.CopyFrom(_stamp(created_after))
+        if created_before is not None:
+            request.created_before.CopyFrom(_stamp(created_before))
+        stub = folders_pb2_grpc.FoldersStub(self.channel)
+        return await self._call(
+            stub.ListFolders(request, timeout=self.timeout, metadata=self._metadata(token))
+        )
+
+    async def get_folder(self, token: str, folder_id: str) -> folders_pb2.Folder:
+        stub = folders_pb2_grpc.FoldersStub(self.channel)
+        request = folders_pb2.GetFolderRequest(folder_id=folder_id)
+        return await self._call(
+            stub.GetFolder(request, timeout=self.timeout, metadata=self._metadata(token))
+        )
+
+    async def first_chunk(
+        self, token: str, media_id: str
+    ) -> tuple[folders_pb2.MediaInfo, bytes, AsyncIterator[bytes]]:
+        """The media's description, its first bytes and the rest as a stream (so the console
+        answers with the right content type before relaying the whole file)."""
+        stub = folders_pb2_grpc.FoldersStub(self.channel)
+        call = stub.DownloadMedia(
+            folders_pb2.DownloadMediaRequest(media_id=media_id),
+            timeout=self.timeout,
+            metadata=self._metadata(token),
+        )
+        try:
+            first = await call.read()
+        except grpc.RpcError as error:
+            raise VigilRpcError.from_grpc(error) from None
+        if not isinstance(first, folders_pb2.MediaChunk):  # EOF: no chunk at all
+            raise VigilRpcError("NOT_FOUND", "the media is empty")
+
+        async def rest() -> AsyncIterator[bytes]:
+            # read() to the end: a call read once cannot be iterated as well
+            while isinstance(chunk := await call.read(), folders_pb2.MediaChunk):
+                yield chunk.data
+
+        return first.media, first.data, rest()
+
+    # ---- operators and audit ----------------------------------------------------------------
+
+    async def resolve(
+        self, token: str, analysis_id: str, resolution: int, comment: str
+    ) -> folders_pb2.Analysis:
+        stub = auth_pb2_grpc.OperatorsStub(self.channel)
+        request = auth_pb2.ResolveAnalysisRequest(
+            analysis_id=analysis_id,
+            resolution=resolution,  # type: ignore[arg-type]
+            comment=comment,
+        )
+        return await self._call(
+            stub.ResolveAnalysis(request, timeout=self.timeout, metadata=self._metadata(token))
+        )
+
+    async def audit(self, token: str, page_size: int = 200) -> list[auth_pb2.AuditEvent]:
+        stub = auth_pb2_grpc.AdminStub(self.channel)
+        request = auth_pb2.ListAuditEventsRequest(page_size=page_size)
+        reply = await self._call(
+            stub.ListAuditEvents(request, timeout=self.timeout, metadata=self._metadata(token))
+        )
+        return list(reply.events)

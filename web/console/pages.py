@@ -1,0 +1,284 @@
+"""The console's HTML: small functions that escape every value they put in a page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from html import escape
+
+from vigil.v1 import auth_pb2, folders_pb2
+
+RESOLUTIONS = ("SUCCESS", "DECLINED", "OPERATOR_REQUIRED", "PROCESSING", "FAILED")
+ANALYSIS_TYPES = ("LIVENESS", "BIOMETRY", "BLACKLIST", "BEST_SHOT")
+
+
+def e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def resolution_name(value: int) -> str:
+    return folders_pb2.Resolution.Name(value).removeprefix("RESOLUTION_")  # type: ignore[arg-type]
+
+
+def type_name(value: int) -> str:
+    return folders_pb2.AnalysisType.Name(value).removeprefix("ANALYSIS_TYPE_")  # type: ignore[arg-type]
+
+
+def role_name(value: int) -> str:
+    return auth_pb2.Role.Name(value).removeprefix("ROLE_")  # type: ignore[arg-type]
+
+
+def is_full(who: auth_pb2.Principal) -> bool:
+    return who.result_mode == auth_pb2.RESULT_MODE_FULL
+
+
+def page(title: str, body: str, who: auth_pb2.Principal | None = None, csrf: str = "") -> str:
+    nav = ""
+    if who is not None:
+        nav = (
+            '<nav aria-label="Console"><a href="/console/">Folders</a>'
+            f'<span class="who">{e(who.company_name)} · {e(role_name(who.role))} · '
+            f"{'FULL' if is_full(who) else 'SAFE'}</span>"
+            '<form method="post" action="/console/logout">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            '<button type="submit">Sign out</button></form></nav>'
+        )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{e(title)} · vigil console</title>"
+        '<link rel="stylesheet" href="/console/static/console.css">'
+        '<script src="/console/static/console.js" defer></script></head>'
+        f'<body><header><strong>vigil console</strong>{nav}</header><main id="main">'
+        f"<h1>{e(title)}</h1>{body}</main></body></html>"
+    )
+
+
+def login(csrf: str, error: str = "") -> str:
+    alert = f'<p class="error" role="alert">{e(error)}</p>' if error else ""
+    return page(
+        "Sign in",
+        f"{alert}"
+        '<form method="post" action="/console/login" class="login">'
+        f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+        '<label for="email">Email</label>'
+        '<input id="email" name="email" type="email" autocomplete="username" required>'
+        '<label for="password">Password</label>'
+        '<input id="password" name="password" type="password" '
+        'autocomplete="current-password" required>'
+        '<button type="submit">Sign in</button></form>',
+    )
+
+
+def error(who: auth_pb2.Principal | None, csrf: str, title: str, message: str) -> str:
+    return page(title, f'<p class="error" role="alert">{e(message)}</p>', who, csrf)
+
+
+def _options(values: Iterable[str], chosen: str) -> str:
+    items = ['<option value="">any</option>']
+    items += [
+        f'<option value="{e(v)}"{" selected" if v == chosen else ""}>{e(v)}</option>'
+        for v in values
+    ]
+    return "".join(items)
+
+
+def folder_list(
+    who: auth_pb2.Principal,
+    csrf: str,
+    folders: list[folders_pb2.Folder],
+    query: dict[str, str],
+    next_link: str,
+) -> str:
+    form = (
+        '<form method="get" action="/console/" class="filters" aria-label="Filter folders">'
+        '<label for="f-key">Metadata key</label>'
+        f'<input id="f-key" name="key" value="{e(query.get("key", "transaction_id"))}">'
+        '<label for="f-value">equals</label>'
+        f'<input id="f-value" name="value" value="{e(query.get("value", ""))}">'
+        '<label for="f-after">Created after</label>'
+        '<input id="f-after" name="after" type="datetime-local" '
+        f'value="{e(query.get("after", ""))}">'
+        '<label for="f-before">Created before</label>'
+        '<input id="f-before" name="before" type="datetime-local" '
+        f'value="{e(query.get("before", ""))}">'
+        '<label for="f-resolution">Resolution</label>'
+        f'<select id="f-resolution" name="resolution">'
+        f"{_options(RESOLUTIONS, query.get('resolution', ''))}</select>"
+        '<label for="f-type">Analysis type</label>'
+        '<select id="f-type" name="type">'
+        f"{_options(ANALYSIS_TYPES, query.get('type', ''))}</select>"
+        '<button type="submit">Search</button></form>'
+    )
+    rows = []
+    for folder in folders:
+        types = sorted({type_name(a.type) for a in folder.analyses})
+        meta = folder.meta.get("transaction_id", "")
+        rows.append(
+            f'<tr><td><a href="/console/folders/{e(folder.id)}">{e(folder.id)}</a></td>'
+            f"<td>{e(meta)}</td>"
+            f"<td>{e(folder.created_at.ToDatetime().strftime('%Y-%m-%d %H:%M:%S'))}</td>"
+            f'<td class="res-{e(resolution_name(folder.resolution))}">'
+            f"{e(resolution_name(folder.resolution))}</td>"
+            f"<td>{e(', '.join(types))}</td><td>{len(folder.media)}</td></tr>"
+        )
+    table = (
+        '<table class="folders"><caption>Folders, newest first</caption>'
+        '<thead><tr><th scope="col">Folder</th><th scope="col">Transaction</th>'
+        '<th scope="col">Created (UTC)</th><th scope="col">Resolution</th>'
+        '<th scope="col">Analyses</th><th scope="col">Media</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        if rows
+        else '<p class="empty">No folder matches.</p>'
+    )
+    more = f'<p><a rel="next" href="{e(next_link)}">Next page</a></p>' if next_link else ""
+    return page("Folders", form + table + more, who, csrf)
+
+
+def _box(result: folders_pb2.MediaResult) -> str:
+    """The face box drawn over the image (an SVG in image pixels, scaled with it)."""
+    box = result.face.box
+    if not result.HasField("face") or box.width <= 0:
+        return ""
+    return (
+        f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{box.width:.1f}" '
+        f'height="{box.height:.1f}" class="box"/>'
+    )
+
+
+def _chart(result: folders_pb2.MediaResult) -> str:
+    """Per-frame liveness as a small inline SVG line chart (x: frame time, y: score 0..1)."""
+    frames = list(result.frames)
+    if len(frames) < 2:
+        return ""
+    end = max(f.time_ms for f in frames) or 1.0
+    points = " ".join(f"{300 * f.time_ms / end:.1f},{60 - 60 * f.score:.1f}" for f in frames)
+    return (
+        '<figure class="chart"><svg viewBox="0 -2 300 64" width="300" height="64" role="img" '
+        f'aria-label="Liveness per frame, {len(frames)} frames">'
+        '<line x1="0" y1="60" x2="300" y2="60" class="axis"/>'
+        f'<polyline points="{points}" class="line"/></svg>'
+        "<figcaption>Liveness per frame (0–1 over the video)</figcaption></figure>"
+    )
+
+
+def _media(
+    who: auth_pb2.Principal, media: folders_pb2.MediaInfo, results: list[folders_pb2.MediaResult]
+) -> str:
+    src = f"/console/media/{e(media.id)}"
+    label = f"{', '.join(media.tags)} ({media.content_type}, {media.size} bytes)"
+    if not is_full(who):
+        view = '<p class="withheld">The media are not shown at SAFE results.</p>'
+    elif media.content_type.startswith("video/"):
+        view = f'<video controls preload="metadata" src="{src}" aria-label="{e(label)}"></video>'
+    elif media.content_type.startswith("image/"):
+        width = max((r.face.box.x + r.face.box.width for r in results), default=0.0)
+        boxes = "".join(_box(r) for r in results)
+        view = (
+            f'<div class="shot"><img src="{src}" alt="{e(label)}">'
+            + (
+                f'<svg class="overlay" data-media="{e(media.id)}" aria-hidden="true">{boxes}</svg>'
+                if boxes and width
+                else ""
+            )
+            + "</div>"
+        )
+    else:
+        view = f'<a href="{src}">Open</a>'
+    return (
+        f'<figure class="media" id="media-{e(media.id)}">{view}'
+        f"<figcaption>{e(label)}</figcaption></figure>"
+    )
+
+
+def _result_row(who: auth_pb2.Principal, result: folders_pb2.MediaResult) -> str:
+    cells = f"<td>{e(result.media_id)}</td><td>{e(resolution_name(result.resolution))}</td>"
+    if is_full(who):
+        cells += f'<td class="score">{result.score:.4f}</td><td>{result.face_count}</td>'
+    return f"<tr>{cells}</tr>" + (
+        f'<tr><td colspan="4">{_chart(result)}</td></tr>' if is_full(who) and result.frames else ""
+    )
+
+
+def _analysis(who: auth_pb2.Principal, csrf: str, analysis: folders_pb2.Analysis) -> str:
+    head = "<th scope='col'>Media</th><th scope='col'>Resolution</th>"
+    if is_full(who):
+        head += "<th scope='col'>Score</th><th scope='col'>Faces</th>"
+    rows = "".join(_result_row(who, r) for r in analysis.results)
+    resolve = ""
+    if analysis.resolution == folders_pb2.RESOLUTION_OPERATOR_REQUIRED:
+        resolve = (
+            f'<form method="post" action="/console/analyses/{e(analysis.id)}/resolve" '
+            'class="resolve" aria-label="Operator decision">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            f'<input type="hidden" name="folder_id" value="{e(analysis.folder_id)}">'
+            f'<label for="d-{e(analysis.id)}">Decision</label>'
+            f'<select id="d-{e(analysis.id)}" name="resolution">'
+            '<option value="SUCCESS">SUCCESS</option><option value="DECLINED">DECLINED</option>'
+            f'</select><label for="c-{e(analysis.id)}">Comment</label>'
+            f'<input id="c-{e(analysis.id)}" name="comment" maxlength="1000" required>'
+            '<button type="submit">Resolve</button></form>'
+        )
+    timing = (
+        f" · {analysis.processing_ms:.0f} ms" if is_full(who) and analysis.processing_ms else ""
+    )
+    return (
+        f'<section class="analysis" id="analysis-{e(analysis.id)}">'
+        f"<h3>{e(type_name(analysis.type))} · "
+        f'<span class="res-{e(resolution_name(analysis.resolution))}">'
+        f"{e(resolution_name(analysis.resolution))}</span>{e(timing)}</h3>"
+        + (f'<p class="error">{e(analysis.error)}</p>' if analysis.error else "")
+        + f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{resolve}</section>"
+    )
+
+
+def folder(
+    who: auth_pb2.Principal,
+    csrf: str,
+    found: folders_pb2.Folder,
+    audit: list[auth_pb2.AuditEvent] | None,
+    notice: str = "",
+) -> str:
+    results: dict[str, list[folders_pb2.MediaResult]] = {}
+    for analysis in found.analyses:
+        for result in analysis.results:
+            results.setdefault(result.media_id, []).append(result)
+    meta = "".join(
+        f"<tr><th scope='row'>{e(k)}</th><td>{e(v)}</td></tr>"
+        for k, v in sorted(found.meta.items())
+    )
+    media = "".join(_media(who, m, results.get(m.id, [])) for m in found.media)
+    analyses = "".join(_analysis(who, csrf, a) for a in found.analyses)
+    if audit is None:
+        trail = "<p>The audit log is for account administrators.</p>"
+    else:
+        ids = {found.id, *(a.id for a in found.analyses), *(m.id for m in found.media)}
+        # changes and decisions; each view of the folder is an event too, left to the full log
+        reads = ("Get", "List", "Download", "Watch")
+        events = [
+            a
+            for a in audit
+            if a.object_id in ids and not a.method.rsplit("/", 1)[-1].startswith(reads)
+        ]
+        trail = (
+            "<table class='audit'><thead><tr><th scope='col'>When (UTC)</th>"
+            "<th scope='col'>Who</th><th scope='col'>What</th><th scope='col'>Object</th>"
+            "<th scope='col'>Status</th></tr></thead><tbody>"
+            + "".join(
+                f"<tr><td>{e(a.at.ToDatetime().strftime('%Y-%m-%d %H:%M:%S'))}</td>"
+                f"<td>{e(a.actor)}</td><td>{e(a.method.rsplit('/', 1)[-1])}</td>"
+                f"<td>{e(a.object_type)} {e(a.object_id)}</td><td>{e(a.status)}</td></tr>"
+                for a in events
+            )
+            + "</tbody></table>"
+        )
+    body = (
+        (f'<p class="notice" role="status">{e(notice)}</p>' if notice else "")
+        + f'<p>Resolution: <strong class="res-{e(resolution_name(found.resolution))}">'
+        f"{e(resolution_name(found.resolution))}</strong> · created "
+        f"{e(found.created_at.ToDatetime().strftime('%Y-%m-%d %H:%M:%S'))} UTC</p>"
+        f"<h2>Metadata</h2><table class='meta'>{meta}</table>"
+        f"<h2>Media</h2><div class='gallery'>{media}</div>"
+        f"<h2>Analyses</h2>{analyses or '<p>No analysis.</p>'}"
+        f"<h2>Audit trail</h2>{trail}"
+    )
+    return page(f"Folder {found.id}", body, who, csrf)
