@@ -216,7 +216,7 @@ class Settings(BaseSettings):
     ann_min_faces: int = Field(default=50_000, ge=1)
     """Collections of at least this many faces are searched through an HNSW graph (usearch, f16)
     whose candidates are re-scored exactly; smaller ones are searched exactly."""
-    ann_candidates: int = Field(default=64, ge=1, le=10_000)
+    ann_candidates: int = Field(default=128, ge=1, le=10_000)
     """Candidates the HNSW graph proposes per search (at least top_k), re-scored exactly against
     the stored float32 templates. More: higher recall, slower search."""
     ann_dtype: Literal["f16", "i8"] = "f16"

@@ -74,7 +74,7 @@ class IndexConfig:
     #: From this many faces on, a collection gets an HNSW graph; below, exact search only.
     ann_min_faces: int = 50_000
     #: Candidates the graph proposes, re-scored exactly (at least top_k are always asked).
-    ann_candidates: int = 64
+    ann_candidates: int = 128
     #: usearch's scalar kind for the graph's copy of the vectors: "f16" or "i8".
     ann_dtype: str = "f16"
     #: Graph degree (usearch connectivity, HNSW M).
