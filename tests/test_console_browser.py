@@ -40,6 +40,7 @@ from vigil.web.settings import WebSettings  # noqa: E402
 
 ARTIFACTS = ROOT / "var" / "test-artifacts" / "console"
 PASSWORD = "correct horse battery staple"
+WATCHLIST = "console-watch"
 
 
 def free_port() -> int:
@@ -100,6 +101,7 @@ def world(models_dir: Path) -> Iterator[World]:
             ["BIOMETRY"],
             {"transaction_id": f"review-{run}"},
         )
+        client.create_collection(WATCHLIST)
         found = [client.wait(f.id, timeout=180) for f in (photo, moving, review)]
     port = free_port()
     app = create_app(WebSettings(port=port, server=running.address, api_key=key))
@@ -307,3 +309,41 @@ def test_a_post_without_the_csrf_token_is_refused(driver: Any, world: World) -> 
     )
     assert reply.status_code == 403 and "CSRF" in reply.text
     screenshot(driver, "folders-operator")
+
+
+def test_a_person_added_to_a_watch_list_is_found_by_another_photo(
+    driver: Any, world: World
+) -> None:
+    sign_in(driver, world, "admin")
+    driver.get(f"{world.url}/console/watchlists")
+    assert WATCHLIST in text(driver)
+    driver.find_element("link text", WATCHLIST).click()
+    driver.find_element("id", "a-label").send_keys("Barack Obama")
+    photos = "\n".join(str(FACES / name) for name in ("obama.jpg", "obama2.jpg"))
+    driver.find_element("id", "a-photos").send_keys(photos)
+    click(driver, "form[action$='/people'] button")
+    assert "Barack Obama added with 2 face(s)" in text(driver)
+    driver.find_element("id", "a-label").send_keys("Joe Biden")
+    driver.find_element("id", "a-photos").send_keys(str(FACES / "biden.jpg"))
+    click(driver, "form[action$='/people'] button")
+    assert "People (2, 3 faces)" in text(driver)
+
+    driver.find_element("id", "s-photo").send_keys(str(FACES / "obama3.jpg"))
+    click(driver, "form[action$='/search'] button")
+    rows = driver.find_elements("css selector", ".hits tbody tr")
+    first = rows[0].find_elements("tag name", "td")
+    assert first[0].text == "Barack Obama" and first[3].text == "match", rows[0].text
+    assert float(first[1].text) > 0.3  # a similarity, not a distance
+    assert all("Biden" not in r.text or "no match" in r.text for r in rows)
+    screenshot(driver, "watch-list-search")
+
+    # removing a face: the list shows one fewer
+    driver.find_element("css selector", "form.inline button").click()
+    assert "People (2, 2 faces)" in text(driver)
+    # an operator may look but not change it: the service refuses, the console says so
+    sign_in(driver, world, "operator")
+    driver.get(f"{world.url}/console/watchlists/{WATCHLIST}")
+    driver.find_element("id", "a-label").send_keys("Someone")
+    driver.find_element("id", "a-photos").send_keys(str(FACES / "biden.jpg"))
+    click(driver, "form[action$='/people'] button")
+    assert "Error 403" in text(driver)

@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
+from starlette.datastructures import UploadFile
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -27,9 +28,9 @@ from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vigil.client.errors import VigilRpcError
-from vigil.v1 import auth_pb2, folders_pb2
+from vigil.v1 import auth_pb2, collections_pb2, folders_pb2
 from vigil.web.console import pages
-from vigil.web.console.client import ConsoleClient
+from vigil.web.console.client import ConsoleClient, WatchListCalls
 
 #: Like the adapter's, but its forms post to the console itself.
 CSP = (
@@ -39,6 +40,8 @@ CSP = (
 )
 ACCESS, REFRESH, CSRF = "vigil_console_access", "vigil_console_refresh", "vigil_console_csrf"
 PAGE_SIZE = 25
+#: Uploads: photos per added person, bytes per photo.
+MAX_PHOTOS, MAX_PHOTO_BYTES = 8, 10 * 1024 * 1024
 STATIC = {
     "console.css": "text/css; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
@@ -133,8 +136,28 @@ class Console:
 
     async def _checked_form(self, request: Request) -> dict[str, str] | Response:
         """The POSTed form, or 403 when its CSRF token is not this browser's."""
-        async with request.form(max_files=0, max_fields=16) as form:
+        found = await self._checked_upload(request, max_files=0)
+        return found if isinstance(found, Response) else found[0]
+
+    async def _checked_upload(
+        self, request: Request, max_files: int
+    ) -> tuple[dict[str, str], list[tuple[bytes, str]]] | Response:
+        """The POSTed fields and files (bytes, content type), or 403 for a wrong CSRF token,
+        413 for a file over MAX_PHOTO_BYTES."""
+        files: list[tuple[bytes, str]] = []
+        async with request.form(
+            max_files=max_files, max_fields=16, max_part_size=MAX_PHOTO_BYTES
+        ) as form:
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            for _, value in form.multi_items():
+                if isinstance(value, UploadFile) and value.filename:
+                    data = await value.read(MAX_PHOTO_BYTES + 1)
+                    if len(data) > MAX_PHOTO_BYTES:
+                        return HTMLResponse(
+                            pages.error(None, "", "Too large", "a photo is at most 10 MiB"),
+                            status_code=413,
+                        )
+                    files.append((data, value.content_type or ""))
         expected = self._csrf(request)
         given = fields.get("csrf", "")
         if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
@@ -142,7 +165,7 @@ class Console:
                 pages.error(None, "", "Refused", "The form's CSRF token is missing or wrong."),
                 status_code=403,
             )
-        return fields
+        return fields, files
 
     def _failed(
         self, error: VigilRpcError, who: auth_pb2.Principal | None, csrf: str
@@ -320,6 +343,115 @@ class Console:
         )
         return self._finish(RedirectResponse(target, status_code=303), request, refreshed)
 
+    # ---- watch-lists -------------------------------------------------------------------------
+
+    async def watchlists(self, request: Request) -> Response:
+        refreshed: list[auth_pb2.TokenPair] = []
+        lists = WatchListCalls(self.client)
+
+        async def work(token: str) -> str:
+            who = await self.client.whoami(token)
+            return pages.watchlists(who, self._csrf(request), await lists.collections(token))
+
+        try:
+            html = await self._as_person(request, refreshed, work)
+        except VigilRpcError as error:
+            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
+        return self._finish(HTMLResponse(html), request, refreshed)
+
+    async def _watchlist_page(
+        self,
+        request: Request,
+        found: collections_pb2.SearchResponse | None = None,
+        notice: str = "",
+    ) -> Response:
+        name = request.path_params["name"]
+        refreshed: list[auth_pb2.TokenPair] = []
+        lists = WatchListCalls(self.client)
+
+        async def work(token: str) -> str:
+            who = await self.client.whoami(token)
+            faces = await lists.faces(token, name)
+            return pages.watchlist(who, self._csrf(request), name, faces, found, notice)
+
+        try:
+            html = await self._as_person(request, refreshed, work)
+        except VigilRpcError as error:
+            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
+        return self._finish(HTMLResponse(html), request, refreshed)
+
+    async def watchlist(self, request: Request) -> Response:
+        return await self._watchlist_page(request, notice=request.query_params.get("done", ""))
+
+    async def add_person(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        upload = await self._checked_upload(request, max_files=MAX_PHOTOS)
+        if isinstance(upload, Response):
+            return upload
+        fields, photos = upload
+        label = fields.get("label", "").strip()
+        if not label or not photos:
+            return HTMLResponse(
+                pages.error(None, "", "Bad request", "a person needs a name and a photo"),
+                status_code=400,
+            )
+        refreshed: list[auth_pb2.TokenPair] = []
+        lists = WatchListCalls(self.client)
+
+        async def work(token: str) -> int:
+            for data, content_type in photos:
+                await lists.add(token, name, label, data, content_type)
+            return len(photos)
+
+        try:
+            added = await self._as_person(request, refreshed, work)
+        except VigilRpcError as error:
+            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
+        target = f"/console/watchlists/{quote(name, safe='')}?" + urlencode(
+            {"done": f"{label} added with {added} face(s)"}
+        )
+        return self._finish(RedirectResponse(target, status_code=303), request, refreshed)
+
+    async def remove_face(self, request: Request) -> Response:
+        name, face_id = request.path_params["name"], request.path_params["face_id"]
+        fields = await self._checked_form(request)
+        if isinstance(fields, Response):
+            return fields
+        refreshed: list[auth_pb2.TokenPair] = []
+        lists = WatchListCalls(self.client)
+        try:
+            await self._as_person(
+                request, refreshed, lambda token: lists.remove(token, name, face_id)
+            )
+        except VigilRpcError as error:
+            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
+        target = f"/console/watchlists/{quote(name, safe='')}?" + urlencode(
+            {"done": f"face {face_id} removed"}
+        )
+        return self._finish(RedirectResponse(target, status_code=303), request, refreshed)
+
+    async def search(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        upload = await self._checked_upload(request, max_files=1)
+        if isinstance(upload, Response):
+            return upload
+        _, photos = upload
+        if not photos:
+            return HTMLResponse(
+                pages.error(None, "", "Bad request", "choose a photo to search"), status_code=400
+            )
+        data, content_type = photos[0]
+        refreshed: list[auth_pb2.TokenPair] = []
+        lists = WatchListCalls(self.client)
+        try:
+            found = await self._as_person(
+                request, refreshed, lambda token: lists.search(token, name, data, content_type, 0)
+            )
+        except VigilRpcError as error:
+            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
+        response = await self._watchlist_page(request, found)
+        return self._finish(response, request, refreshed)
+
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC:
@@ -366,6 +498,13 @@ def console_routes(client: ConsoleClient) -> list[Mount]:
             Route("/folders/{folder_id}", console.folder),
             Route("/media/{media_id}", console.media),
             Route("/analyses/{analysis_id}/resolve", console.resolve, methods=["POST"]),
+            Route("/watchlists", console.watchlists),
+            Route("/watchlists/{name}", console.watchlist),
+            Route("/watchlists/{name}/people", console.add_person, methods=["POST"]),
+            Route(
+                "/watchlists/{name}/faces/{face_id}/remove", console.remove_face, methods=["POST"]
+            ),
+            Route("/watchlists/{name}/search", console.search, methods=["POST"]),
             Route("/static/{name}", console.static),
         ]
     )

@@ -13,9 +13,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from vigil.client.connection import Connection
 from vigil.client.errors import VigilRpcError
-from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2, folders_pb2_grpc
+from vigil.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    collections_pb2,
+    collections_pb2_grpc,
+    common_pb2,
+    folders_pb2,
+    folders_pb2_grpc,
+)
 
 Reply = TypeVar("Reply")
+#: A watch-list page shows at most this many faces.
+MAX_FACES_SHOWN = 1000
 
 
 def _stamp(moment: datetime) -> Timestamp:
@@ -42,10 +52,10 @@ class ConsoleClient:
             await self._channel.close()
 
     @staticmethod
-    def _metadata(token: str) -> tuple[tuple[str, str], ...]:
+    def metadata(token: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {token}"),)
 
-    async def _call(self, call: Awaitable[Reply]) -> Reply:
+    async def call(self, call: Awaitable[Reply]) -> Reply:
         try:
             return await call
         except grpc.RpcError as error:
@@ -56,18 +66,18 @@ class ConsoleClient:
     async def login(self, email: str, password: str) -> auth_pb2.TokenPair:
         stub = auth_pb2_grpc.AuthStub(self.channel)
         request = auth_pb2.LoginRequest(email=email, password=password)
-        return await self._call(stub.Login(request, timeout=self.timeout))
+        return await self.call(stub.Login(request, timeout=self.timeout))
 
     async def refresh(self, refresh_token: str) -> auth_pb2.TokenPair:
         stub = auth_pb2_grpc.AuthStub(self.channel)
         request = auth_pb2.RefreshRequest(refresh_token=refresh_token)
-        return await self._call(stub.Refresh(request, timeout=self.timeout))
+        return await self.call(stub.Refresh(request, timeout=self.timeout))
 
     async def whoami(self, token: str) -> auth_pb2.Principal:
         stub = auth_pb2_grpc.AuthStub(self.channel)
-        return await self._call(
+        return await self.call(
             stub.WhoAmI(
-                auth_pb2.WhoAmIRequest(), timeout=self.timeout, metadata=self._metadata(token)
+                auth_pb2.WhoAmIRequest(), timeout=self.timeout, metadata=self.metadata(token)
             )
         )
 
@@ -99,15 +109,15 @@ class ConsoleClient:
         if created_before is not None:
             request.created_before.CopyFrom(_stamp(created_before))
         stub = folders_pb2_grpc.FoldersStub(self.channel)
-        return await self._call(
-            stub.ListFolders(request, timeout=self.timeout, metadata=self._metadata(token))
+        return await self.call(
+            stub.ListFolders(request, timeout=self.timeout, metadata=self.metadata(token))
         )
 
     async def get_folder(self, token: str, folder_id: str) -> folders_pb2.Folder:
         stub = folders_pb2_grpc.FoldersStub(self.channel)
         request = folders_pb2.GetFolderRequest(folder_id=folder_id)
-        return await self._call(
-            stub.GetFolder(request, timeout=self.timeout, metadata=self._metadata(token))
+        return await self.call(
+            stub.GetFolder(request, timeout=self.timeout, metadata=self.metadata(token))
         )
 
     async def first_chunk(
@@ -119,7 +129,7 @@ class ConsoleClient:
         call = stub.DownloadMedia(
             folders_pb2.DownloadMediaRequest(media_id=media_id),
             timeout=self.timeout,
-            metadata=self._metadata(token),
+            metadata=self.metadata(token),
         )
         try:
             first = await call.read()
@@ -146,14 +156,88 @@ class ConsoleClient:
             resolution=resolution,  # type: ignore[arg-type]
             comment=comment,
         )
-        return await self._call(
-            stub.ResolveAnalysis(request, timeout=self.timeout, metadata=self._metadata(token))
+        return await self.call(
+            stub.ResolveAnalysis(request, timeout=self.timeout, metadata=self.metadata(token))
         )
 
     async def audit(self, token: str, page_size: int = 200) -> list[auth_pb2.AuditEvent]:
         stub = auth_pb2_grpc.AdminStub(self.channel)
         request = auth_pb2.ListAuditEventsRequest(page_size=page_size)
-        reply = await self._call(
-            stub.ListAuditEvents(request, timeout=self.timeout, metadata=self._metadata(token))
+        reply = await self.call(
+            stub.ListAuditEvents(request, timeout=self.timeout, metadata=self.metadata(token))
         )
         return list(reply.events)
+
+
+class WatchListCalls:
+    """Collections (watch-lists) with the person's token."""
+
+    def __init__(self, client: ConsoleClient) -> None:
+        self.client = client
+
+    def _stub(self) -> collections_pb2_grpc.CollectionsAsyncStub:
+        return collections_pb2_grpc.CollectionsStub(self.client.channel)
+
+    async def collections(self, token: str) -> list[collections_pb2.Collection]:
+        request = collections_pb2.ListCollectionsRequest()
+        reply = await self.client.call(
+            self._stub().ListCollections(
+                request, timeout=self.client.timeout, metadata=self.client.metadata(token)
+            )
+        )
+        return list(reply.collections)
+
+    async def faces(self, token: str, collection: str) -> list[collections_pb2.CollectionFace]:
+        found: list[collections_pb2.CollectionFace] = []
+        page_token = ""
+        while len(found) < MAX_FACES_SHOWN:
+            request = collections_pb2.ListFacesRequest(
+                collection=collection, page_size=200, page_token=page_token
+            )
+            reply = await self.client.call(
+                self._stub().ListFaces(
+                    request, timeout=self.client.timeout, metadata=self.client.metadata(token)
+                )
+            )
+            found += reply.faces
+            page_token = reply.next_page_token
+            if not page_token:
+                break
+        return found
+
+    async def add(
+        self, token: str, collection: str, label: str, photo: bytes, content_type: str
+    ) -> collections_pb2.CollectionFace:
+        request = collections_pb2.AddFaceRequest(
+            collection=collection,
+            image=common_pb2.Media(data=photo, content_type=content_type),
+            person_label=label,
+        )
+        return await self.client.call(
+            self._stub().AddFace(
+                request, timeout=self.client.timeout, metadata=self.client.metadata(token)
+            )
+        )
+
+    async def remove(self, token: str, collection: str, face_id: str) -> None:
+        request = collections_pb2.RemoveFaceRequest(collection=collection, face_id=face_id)
+        await self.client.call(
+            self._stub().RemoveFace(
+                request, timeout=self.client.timeout, metadata=self.client.metadata(token)
+            )
+        )
+
+    async def search(
+        self, token: str, collection: str, photo: bytes, content_type: str, min_sequence: int
+    ) -> collections_pb2.SearchResponse:
+        request = collections_pb2.SearchRequest(
+            collection=collection,
+            image=common_pb2.Media(data=photo, content_type=content_type),
+            top_k=10,
+            min_sequence=min_sequence,
+        )
+        return await self.client.call(
+            self._stub().Search(
+                request, timeout=self.client.timeout, metadata=self.client.metadata(token)
+            )
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from html import escape
 
-from vigil.v1 import auth_pb2, folders_pb2
+from vigil.v1 import auth_pb2, collections_pb2, folders_pb2
 
 RESOLUTIONS = ("SUCCESS", "DECLINED", "OPERATOR_REQUIRED", "PROCESSING", "FAILED")
 ANALYSIS_TYPES = ("LIVENESS", "BIOMETRY", "BLACKLIST", "BEST_SHOT")
@@ -36,6 +36,7 @@ def page(title: str, body: str, who: auth_pb2.Principal | None = None, csrf: str
     if who is not None:
         nav = (
             '<nav aria-label="Console"><a href="/console/">Folders</a>'
+            '<a href="/console/watchlists">Watch-lists</a>'
             f'<span class="who">{e(who.company_name)} · {e(role_name(who.role))} · '
             f"{'FULL' if is_full(who) else 'SAFE'}</span>"
             '<form method="post" action="/console/logout">'
@@ -282,3 +283,89 @@ def folder(
         f"<h2>Audit trail</h2>{trail}"
     )
     return page(f"Folder {found.id}", body, who, csrf)
+
+
+def _stamp(value: object) -> str:
+    return value.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[attr-defined,no-any-return]
+
+
+def watchlists(
+    who: auth_pb2.Principal, csrf: str, collections: list[collections_pb2.Collection]
+) -> str:
+    rows = "".join(
+        f'<tr><td><a href="/console/watchlists/{e(c.name)}">{e(c.name)}</a></td>'
+        f"<td>{c.face_count}</td><td>{e(c.model)} {e(c.model_version)}</td>"
+        f"<td>{e(_stamp(c.created_at))}</td></tr>"
+        for c in collections
+    )
+    body = (
+        "<table class='collections'><thead><tr><th scope='col'>Watch-list</th>"
+        "<th scope='col'>Faces</th><th scope='col'>Model</th><th scope='col'>Created (UTC)</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+        if rows
+        else '<p class="empty">No watch-list yet.</p>'
+    )
+    return page("Watch-lists", body, who, csrf)
+
+
+def _hits(found: collections_pb2.SearchResponse) -> str:
+    rows = "".join(
+        f"<tr class='{'match' if h.match else 'near'}'><td>{e(h.face.person_label)}</td>"
+        f'<td class="similarity">{h.similarity:.4f}</td><td>{h.distance:.4f}</td>'
+        f"<td>{'match' if h.match else 'no match'}</td><td>{e(h.face.id)}</td></tr>"
+        for h in found.hits
+    )
+    return (
+        f"<section class='hits' aria-label='Search results'><h2>Search results</h2>"
+        f"<p>{found.searched} faces searched in {found.search_ms:.1f} ms; a match is a "
+        f"distance below {found.threshold:.3f}.</p>"
+        "<table><thead><tr><th scope='col'>Person</th><th scope='col'>Similarity</th>"
+        "<th scope='col'>Distance</th><th scope='col'>Decision</th><th scope='col'>Face</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
+def watchlist(
+    who: auth_pb2.Principal,
+    csrf: str,
+    name: str,
+    faces: list[collections_pb2.CollectionFace],
+    found: collections_pb2.SearchResponse | None = None,
+    notice: str = "",
+) -> str:
+    base = f"/console/watchlists/{e(name)}"
+    token = f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+    people: dict[str, list[collections_pb2.CollectionFace]] = {}
+    for face in faces:
+        people.setdefault(face.person_label, []).append(face)
+    listed = "".join(
+        f"<li><strong>{e(label or '(no label)')}</strong><ul>"
+        + "".join(
+            f"<li>face {e(f.id)} · added {e(_stamp(f.created_at))}"
+            f'<form method="post" action="{base}/faces/{e(f.id)}/remove" class="inline">'
+            f'{token}<button type="submit" aria-label="Remove face {e(f.id)} of '
+            f'{e(label)}">Remove</button></form></li>'
+            for f in group
+        )
+        + "</ul></li>"
+        for label, group in sorted(people.items())
+    )
+    body = (
+        (f'<p class="notice" role="status">{e(notice)}</p>' if notice else "")
+        + (_hits(found) if found is not None else "")
+        + '<div class="columns"><section aria-label="Search a photo"><h2>Search a photo</h2>'
+        f'<form method="post" action="{base}/search" enctype="multipart/form-data" '
+        f'class="stack">{token}<label for="s-photo">Photo</label>'
+        '<input id="s-photo" name="photo" type="file" accept="image/*" required>'
+        '<button type="submit">Search</button></form></section>'
+        '<section aria-label="Add a person"><h2>Add a person</h2>'
+        f'<form method="post" action="{base}/people" enctype="multipart/form-data" '
+        f'class="stack">{token}<label for="a-label">Name or reference</label>'
+        '<input id="a-label" name="label" maxlength="256" required>'
+        '<label for="a-photos">Photos (one face each)</label>'
+        '<input id="a-photos" name="photos" type="file" accept="image/*" multiple required>'
+        '<button type="submit">Add</button></form></section></div>'
+        f"<h2>People ({len(people)}, {len(faces)} faces)</h2>"
+        + (f"<ul class='people'>{listed}</ul>" if listed else "<p class='empty'>Empty.</p>")
+    )
+    return page(f"Watch-list {name}", body, who, csrf)
