@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -162,9 +163,13 @@ class ChangeFollower:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             self._turn()  # what committed before LISTEN took effect
+            last_turn = time.monotonic()
             while not self._stop.is_set():
-                # Wake on the first notification (or after poll_s), take the rest of a burst,
-                # then apply: a notification that comes later wakes the next turn.
-                if list(conn.notifies(timeout=self._poll_s, stop_after=1)):
+                # Wake on the first notification (short waits, so stop() is prompt), take the
+                # rest of a burst, then apply; without notifications, apply every poll_s.
+                woken = list(conn.notifies(timeout=min(self._poll_s, 0.25), stop_after=1))
+                if woken:
                     list(conn.notifies(timeout=0.01))
-                self._turn()
+                if woken or time.monotonic() - last_turn >= self._poll_s:
+                    self._turn()
+                    last_turn = time.monotonic()
