@@ -31,6 +31,7 @@ from vigil.server.api.collections import CollectionsServicer, index_config
 from vigil.server.api.folders import FoldersServicer
 from vigil.server.api.instant import InstantServicer
 from vigil.server.api.interceptor import ErrorMappingInterceptor
+from vigil.server.api.statistics import StatisticsServicer
 from vigil.server.api.validation import RequestLimits
 from vigil.server.api.webhooks import WebhooksServicer
 from vigil.server.context import AUTH_DB_THREADS, AppContext
@@ -57,6 +58,8 @@ from vigil.v1 import (
     folders_pb2_grpc,
     instant_pb2,
     instant_pb2_grpc,
+    statistics_pb2,
+    statistics_pb2_grpc,
     webhooks_pb2,
     webhooks_pb2_grpc,
 )
@@ -73,12 +76,21 @@ SERVICE_NAMES = (
     collections_pb2.DESCRIPTOR.services_by_name["Collections"].full_name,
     challenges_pb2.DESCRIPTOR.services_by_name["Challenges"].full_name,
     webhooks_pb2.DESCRIPTOR.services_by_name["Webhooks"].full_name,
+    statistics_pb2.DESCRIPTOR.services_by_name["Statistics"].full_name,
 )
 
 
 def method_paths() -> list[str]:
     """Every RPC's path (``/vigil.v1.Instant/Liveness``), as the metrics label them."""
-    files = (auth_pb2, instant_pb2, folders_pb2, collections_pb2, challenges_pb2, webhooks_pb2)
+    files = (
+        auth_pb2,
+        instant_pb2,
+        folders_pb2,
+        collections_pb2,
+        challenges_pb2,
+        webhooks_pb2,
+        statistics_pb2,
+    )
     return [
         f"/{service.full_name}/{method.name}"
         for module in files
@@ -244,6 +256,7 @@ def _add_services(server: grpc.aio.Server, app: AppContext, security: Security) 
     folders_pb2_grpc.add_FoldersServicer_to_server(FoldersServicer(app), server)
     collections_pb2_grpc.add_CollectionsServicer_to_server(CollectionsServicer(app), server)
     webhooks_pb2_grpc.add_WebhooksServicer_to_server(WebhooksServicer(app), server)
+    statistics_pb2_grpc.add_StatisticsServicer_to_server(StatisticsServicer(app), server)
     challenges_pb2_grpc.add_ChallengesServicer_to_server(ChallengesServicer(security), server)
 
 

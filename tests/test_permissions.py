@@ -25,6 +25,7 @@ from vigil.v1 import (
     collections_pb2,
     folders_pb2,
     instant_pb2,
+    statistics_pb2,
     webhooks_pb2,
 )
 
@@ -36,6 +37,7 @@ SERVICES = [
         collections_pb2,
         folders_pb2,
         instant_pb2,
+        statistics_pb2,
         webhooks_pb2,
     )
     for service in module.DESCRIPTOR.services_by_name.values()
@@ -131,6 +133,7 @@ EXPECTED = {
     "Challenges/GetChallenge": "A C CA S",
     "Challenges/AnswerChallenge": "A C CA S",
     "Challenges/StreamAnswer": "A C CA S",
+    "Statistics/GetStatistics": "A O CA CO",
 }
 
 

@@ -58,6 +58,8 @@ PERMISSIONS: dict[str, Rule] = {
     **_rules("Collections", WRITERS, "Search", safe=False),
     **_rules("Webhooks", MANAGERS, "CreateWebhook DeleteWebhook"),
     **_rules("Webhooks", READERS - {CLIENT}, "ListWebhooks ListDeliveries"),
+    # counts only, no biometric data: SAFE people may read them
+    **_rules("Statistics", ACCOUNT_ADMINS | DECIDERS, "GetStatistics"),
     **_rules("Auth", EVERYONE, "WhoAmI"),
     **_rules("Admin", ONLY_ADMIN, "CreateCompany ListCompanies"),
     **_rules("Admin", ACCOUNT_ADMINS, "CreateUser ListUsers DisableUser"),
