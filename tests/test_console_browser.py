@@ -347,3 +347,32 @@ def test_a_person_added_to_a_watch_list_is_found_by_another_photo(
     driver.find_element("id", "a-photos").send_keys(str(FACES / "biden.jpg"))
     click(driver, "form[action$='/people'] button")
     assert "Error 403" in text(driver)
+
+
+def test_administration_as_the_service_allows_each_role(driver: Any, world: World) -> None:
+    sign_in(driver, world, "admin")
+    driver.get(f"{world.url}/console/admin")
+    page = text(driver)
+    # a client-admin: people and keys of its company; companies are the ADMIN's
+    assert "Companies" not in page and world.people["admin"] in page
+    assert world.people["other"] not in page
+    driver.find_element("id", "k-name").send_keys("console test key")
+    click(driver, "form[action$='/admin/keys'] button")
+    key = driver.find_element("id", "new-key").text
+    screenshot(driver, "admin-new-key")
+    with VigilClient(world.vigil.address, api_key=key) as client:
+        client.create_folder({"made_by": "the new key"})  # the key works
+    driver.get(f"{world.url}/console/admin")
+    assert key not in driver.page_source  # shown once
+    driver.find_element("css selector", "button[aria-label='Revoke console test key']").click()
+    assert "key revoked" in text(driver)
+    with (
+        VigilClient(world.vigil.address, api_key=key) as client,
+        pytest.raises(Exception) as refused,
+    ):
+        client.create_folder({"made_by": "a revoked key"})
+    assert "UNAUTHENTICATED" in str(refused.value)
+    # an operator has no administration
+    sign_in(driver, world, "operator")
+    driver.get(f"{world.url}/console/admin")
+    assert "Administration is for ADMIN and CLIENT_ADMIN people." in text(driver)

@@ -16,6 +16,7 @@ import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from importlib import resources
 from typing import TypeVar
 from urllib.parse import quote, urlencode
@@ -29,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vigil.client.errors import VigilRpcError
 from vigil.v1 import auth_pb2, collections_pb2, folders_pb2
-from vigil.web.console import pages
+from vigil.web.console import admin, pages
 from vigil.web.console.client import ConsoleClient, WatchListCalls
 
 #: Like the adapter's, but its forms post to the console itself.
@@ -100,7 +101,7 @@ class Console:
             response, request, REFRESH, pair.refresh_token, _seconds_until(pair.refresh_expires_at)
         )
 
-    async def _as_person(
+    async def as_person(
         self,
         request: Request,
         refreshed: list[auth_pb2.TokenPair],
@@ -124,17 +125,17 @@ class Console:
         refreshed.append(pair)
         return await work(pair.access_token)
 
-    def _csrf(self, request: Request) -> str:
+    def csrf_of(self, request: Request) -> str:
         return request.cookies.get(CSRF, "")
 
-    def _finish(
+    def finish(
         self, response: Response, request: Request, refreshed: list[auth_pb2.TokenPair]
     ) -> Response:
         for pair in refreshed:
             self._store(response, request, pair)
         return response
 
-    async def _checked_form(self, request: Request) -> dict[str, str] | Response:
+    async def checked_form(self, request: Request) -> dict[str, str] | Response:
         """The POSTed form, or 403 when its CSRF token is not this browser's."""
         found = await self._checked_upload(request, max_files=0)
         return found if isinstance(found, Response) else found[0]
@@ -158,7 +159,7 @@ class Console:
                             status_code=413,
                         )
                     files.append((data, value.content_type or ""))
-        expected = self._csrf(request)
+        expected = self.csrf_of(request)
         given = fields.get("csrf", "")
         if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
             return HTMLResponse(
@@ -166,6 +167,9 @@ class Console:
                 status_code=403,
             )
         return fields, files
+
+    def failed(self, error: VigilRpcError, request: Request) -> HTMLResponse:
+        return self._failed(error, None, self.csrf_of(request))
 
     def _failed(
         self, error: VigilRpcError, who: auth_pb2.Principal | None, csrf: str
@@ -177,13 +181,13 @@ class Console:
     # ---- sign-in -----------------------------------------------------------------------------
 
     async def login_page(self, request: Request) -> Response:
-        csrf = self._csrf(request) or secrets.token_urlsafe(32)
+        csrf = self.csrf_of(request) or secrets.token_urlsafe(32)
         response = HTMLResponse(pages.login(csrf))
         _set(response, request, CSRF, csrf, 12 * 3600)
         return response
 
     async def login(self, request: Request) -> Response:
-        fields = await self._checked_form(request)
+        fields = await self.checked_form(request)
         if isinstance(fields, Response):
             return fields
         try:
@@ -194,7 +198,7 @@ class Console:
                 if error.code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT")
                 else f"The service refused: {error.message}"
             )
-            return HTMLResponse(pages.login(self._csrf(request), message), status_code=401)
+            return HTMLResponse(pages.login(self.csrf_of(request), message), status_code=401)
         response = RedirectResponse("/console/", status_code=303)
         self._store(response, request, pair)
         # a new CSRF token for the signed-in session
@@ -202,7 +206,7 @@ class Console:
         return response
 
     async def logout(self, request: Request) -> Response:
-        fields = await self._checked_form(request)
+        fields = await self.checked_form(request)
         if isinstance(fields, Response):
             return fields
         response = RedirectResponse("/console/login", status_code=303)
@@ -234,7 +238,7 @@ class Console:
             )
         resolutions = [folders_pb2.Resolution.Value(f"RESOLUTION_{wanted}")] if wanted else []
         refreshed: list[auth_pb2.TokenPair] = []
-        csrf = self._csrf(request)
+        csrf = self.csrf_of(request)
 
         async def work(token: str) -> tuple[auth_pb2.Principal, folders_pb2.ListFoldersResponse]:
             who = await self.client.whoami(token)
@@ -250,9 +254,9 @@ class Console:
             return who, listed
 
         try:
-            who, listed = await self._as_person(request, refreshed, work)
+            who, listed = await self.as_person(request, refreshed, work)
         except VigilRpcError as error:
-            return self._finish(self._failed(error, None, csrf), request, refreshed)
+            return self.finish(self._failed(error, None, csrf), request, refreshed)
         found = list(listed.folders)
         if kind:
             # the API filters by analyses present or not; the type is filtered on this page
@@ -264,12 +268,12 @@ class Console:
             else ""
         )
         html = pages.folder_list(who, csrf, found, query, next_link)
-        return self._finish(HTMLResponse(html), request, refreshed)
+        return self.finish(HTMLResponse(html), request, refreshed)
 
     async def folder(self, request: Request, notice: str = "") -> Response:
         folder_id = request.path_params["folder_id"]
         refreshed: list[auth_pb2.TokenPair] = []
-        csrf = self._csrf(request)
+        csrf = self.csrf_of(request)
 
         async def work(
             token: str,
@@ -282,21 +286,21 @@ class Console:
             return who, found, audit
 
         try:
-            who, found, audit = await self._as_person(request, refreshed, work)
+            who, found, audit = await self.as_person(request, refreshed, work)
         except VigilRpcError as error:
-            return self._finish(self._failed(error, None, csrf), request, refreshed)
+            return self.finish(self._failed(error, None, csrf), request, refreshed)
         html = pages.folder(who, csrf, found, audit, notice or request.query_params.get("done", ""))
-        return self._finish(HTMLResponse(html), request, refreshed)
+        return self.finish(HTMLResponse(html), request, refreshed)
 
     async def media(self, request: Request) -> Response:
         media_id = request.path_params["media_id"]
         refreshed: list[auth_pb2.TokenPair] = []
         try:
-            info, first, rest = await self._as_person(
+            info, first, rest = await self.as_person(
                 request, refreshed, lambda token: self.client.first_chunk(token, media_id)
             )
         except VigilRpcError as error:
-            return self._finish(self._failed(error, None, ""), request, refreshed)
+            return self.finish(self._failed(error, None, ""), request, refreshed)
 
         async def body() -> object:
             yield first
@@ -313,10 +317,10 @@ class Console:
                 "Cache-Control": "private, no-store",
             },
         )
-        return self._finish(response, request, refreshed)
+        return self.finish(response, request, refreshed)
 
     async def resolve(self, request: Request) -> Response:
-        fields = await self._checked_form(request)
+        fields = await self.checked_form(request)
         if isinstance(fields, Response):
             return fields
         analysis_id = request.path_params["analysis_id"]
@@ -329,7 +333,7 @@ class Console:
         refreshed: list[auth_pb2.TokenPair] = []
         code = folders_pb2.Resolution.Value(f"RESOLUTION_{decision}")
         try:
-            analysis = await self._as_person(
+            analysis = await self.as_person(
                 request,
                 refreshed,
                 lambda token: self.client.resolve(
@@ -337,11 +341,11 @@ class Console:
                 ),
             )
         except VigilRpcError as error:
-            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
+            return self.finish(self._failed(error, None, self.csrf_of(request)), request, refreshed)
         target = f"/console/folders/{analysis.folder_id}?" + urlencode(
             {"done": f"Analysis {analysis_id} resolved: {decision}"}
         )
-        return self._finish(RedirectResponse(target, status_code=303), request, refreshed)
+        return self.finish(RedirectResponse(target, status_code=303), request, refreshed)
 
     # ---- watch-lists -------------------------------------------------------------------------
 
@@ -351,13 +355,13 @@ class Console:
 
         async def work(token: str) -> str:
             who = await self.client.whoami(token)
-            return pages.watchlists(who, self._csrf(request), await lists.collections(token))
+            return pages.watchlists(who, self.csrf_of(request), await lists.collections(token))
 
         try:
-            html = await self._as_person(request, refreshed, work)
+            html = await self.as_person(request, refreshed, work)
         except VigilRpcError as error:
-            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
-        return self._finish(HTMLResponse(html), request, refreshed)
+            return self.finish(self._failed(error, None, self.csrf_of(request)), request, refreshed)
+        return self.finish(HTMLResponse(html), request, refreshed)
 
     async def _watchlist_page(
         self,
@@ -372,13 +376,13 @@ class Console:
         async def work(token: str) -> str:
             who = await self.client.whoami(token)
             faces = await lists.faces(token, name)
-            return pages.watchlist(who, self._csrf(request), name, faces, found, notice)
+            return pages.watchlist(who, self.csrf_of(request), name, faces, found, notice)
 
         try:
-            html = await self._as_person(request, refreshed, work)
+            html = await self.as_person(request, refreshed, work)
         except VigilRpcError as error:
-            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
-        return self._finish(HTMLResponse(html), request, refreshed)
+            return self.finish(self._failed(error, None, self.csrf_of(request)), request, refreshed)
+        return self.finish(HTMLResponse(html), request, refreshed)
 
     async def watchlist(self, request: Request) -> Response:
         return await self._watchlist_page(request, notice=request.query_params.get("done", ""))
@@ -404,31 +408,31 @@ class Console:
             return len(photos)
 
         try:
-            added = await self._as_person(request, refreshed, work)
+            added = await self.as_person(request, refreshed, work)
         except VigilRpcError as error:
-            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
+            return self.finish(self._failed(error, None, self.csrf_of(request)), request, refreshed)
         target = f"/console/watchlists/{quote(name, safe='')}?" + urlencode(
             {"done": f"{label} added with {added} face(s)"}
         )
-        return self._finish(RedirectResponse(target, status_code=303), request, refreshed)
+        return self.finish(RedirectResponse(target, status_code=303), request, refreshed)
 
     async def remove_face(self, request: Request) -> Response:
         name, face_id = request.path_params["name"], request.path_params["face_id"]
-        fields = await self._checked_form(request)
+        fields = await self.checked_form(request)
         if isinstance(fields, Response):
             return fields
         refreshed: list[auth_pb2.TokenPair] = []
         lists = WatchListCalls(self.client)
         try:
-            await self._as_person(
+            await self.as_person(
                 request, refreshed, lambda token: lists.remove(token, name, face_id)
             )
         except VigilRpcError as error:
-            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
+            return self.finish(self._failed(error, None, self.csrf_of(request)), request, refreshed)
         target = f"/console/watchlists/{quote(name, safe='')}?" + urlencode(
             {"done": f"face {face_id} removed"}
         )
-        return self._finish(RedirectResponse(target, status_code=303), request, refreshed)
+        return self.finish(RedirectResponse(target, status_code=303), request, refreshed)
 
     async def search(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -444,13 +448,13 @@ class Console:
         refreshed: list[auth_pb2.TokenPair] = []
         lists = WatchListCalls(self.client)
         try:
-            found = await self._as_person(
+            found = await self.as_person(
                 request, refreshed, lambda token: lists.search(token, name, data, content_type, 0)
             )
         except VigilRpcError as error:
-            return self._finish(self._failed(error, None, self._csrf(request)), request, refreshed)
+            return self.finish(self._failed(error, None, self.csrf_of(request)), request, refreshed)
         response = await self._watchlist_page(request, found)
-        return self._finish(response, request, refreshed)
+        return self.finish(response, request, refreshed)
 
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -505,6 +509,15 @@ def console_routes(client: ConsoleClient) -> list[Mount]:
                 "/watchlists/{name}/faces/{face_id}/remove", console.remove_face, methods=["POST"]
             ),
             Route("/watchlists/{name}/search", console.search, methods=["POST"]),
+            Route("/admin", partial(admin.page, console=console)),
+            Route("/admin/users", partial(admin.act, console=console), methods=["POST"]),
+            Route("/admin/keys", partial(admin.act, console=console), methods=["POST"]),
+            Route(
+                "/admin/users/{item}/disable", partial(admin.act, console=console), methods=["POST"]
+            ),
+            Route(
+                "/admin/keys/{item}/revoke", partial(admin.act, console=console), methods=["POST"]
+            ),
             Route("/static/{name}", console.static),
         ]
     )

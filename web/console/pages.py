@@ -37,6 +37,7 @@ def page(title: str, body: str, who: auth_pb2.Principal | None = None, csrf: str
         nav = (
             '<nav aria-label="Console"><a href="/console/">Folders</a>'
             '<a href="/console/watchlists">Watch-lists</a>'
+            '<a href="/console/admin">Administration</a>'
             f'<span class="who">{e(who.company_name)} · {e(role_name(who.role))} · '
             f"{'FULL' if is_full(who) else 'SAFE'}</span>"
             '<form method="post" action="/console/logout">'
