@@ -59,6 +59,7 @@ class World:
     video_folder: Any
     review_folder: Any
     people: dict[str, str]  # name → email
+    key: str  # the SERVICE key that made the folders
 
 
 def _person(vigil: ServerThread, email: str, role: str, mode: str, company: str) -> str:
@@ -113,7 +114,7 @@ def world(models_dir: Path) -> Iterator[World]:
         assert time.monotonic() < deadline, "the web app did not start"
         time.sleep(0.05)
     photo, moving, review = found
-    yield World(running, f"http://127.0.0.1:{port}", photo, moving, review, people)
+    yield World(running, f"http://127.0.0.1:{port}", photo, moving, review, people, key)
     server.should_exit = True
     thread.join(10)
     running.stop()
@@ -317,7 +318,7 @@ def test_a_person_added_to_a_watch_list_is_found_by_another_photo(
     sign_in(driver, world, "admin")
     driver.get(f"{world.url}/console/watchlists")
     assert WATCHLIST in text(driver)
-    driver.find_element("link text", WATCHLIST).click()
+    click(driver, f"a[href$='/watchlists/{WATCHLIST}']")
     driver.find_element("id", "a-label").send_keys("Barack Obama")
     photos = "\n".join(str(FACES / name) for name in ("obama.jpg", "obama2.jpg"))
     driver.find_element("id", "a-photos").send_keys(photos)
@@ -338,7 +339,7 @@ def test_a_person_added_to_a_watch_list_is_found_by_another_photo(
     screenshot(driver, "watch-list-search")
 
     # removing a face: the list shows one fewer
-    driver.find_element("css selector", "form.inline button").click()
+    click(driver, "form.inline button")
     assert "People (2, 2 faces)" in text(driver)
     # an operator may look but not change it: the service refuses, the console says so
     sign_in(driver, world, "operator")
@@ -364,7 +365,7 @@ def test_administration_as_the_service_allows_each_role(driver: Any, world: Worl
         client.create_folder({"made_by": "the new key"})  # the key works
     driver.get(f"{world.url}/console/admin")
     assert key not in driver.page_source  # shown once
-    driver.find_element("css selector", "button[aria-label='Revoke console test key']").click()
+    click(driver, "button[aria-label='Revoke console test key']")
     assert "key revoked" in text(driver)
     with (
         VigilClient(world.vigil.address, api_key=key) as client,
@@ -376,3 +377,25 @@ def test_administration_as_the_service_allows_each_role(driver: Any, world: Worl
     sign_in(driver, world, "operator")
     driver.get(f"{world.url}/console/admin")
     assert "Administration is for ADMIN and CLIENT_ADMIN people." in text(driver)
+
+
+def test_the_statistics_page_shows_the_company_numbers(driver: Any, world: World) -> None:
+    sign_in(driver, world, "operator")
+    driver.get(f"{world.url}/console/statistics")
+    assert driver.find_element("id", "st-analyses").text == "3"
+    with VigilClient(world.vigil.address, api_key=world.key) as client:
+        waiting = client.get_folder(world.review_folder.id).analyses[0].resolution == 4
+    assert driver.find_element("id", "st-backlog").text == ("1" if waiting else "0")
+    assert driver.find_element("id", "st-decline").text == "0.0%"
+    assert float(driver.find_element("id", "st-median").text.split()[0]) > 0
+    cells = driver.find_elements("css selector", "table.stats tbody td:last-child")
+    assert sum(int(c.text) for c in cells) == 3
+    bars = driver.find_elements("css selector", ".days rect")
+    assert len(bars) == len(
+        {c.text for c in driver.find_elements("css selector", "table.stats tbody td:nth-child(3)")}
+    )
+    screenshot(driver, "statistics")
+    # the other company's page counts nothing of company A's
+    sign_in(driver, world, "other")
+    driver.get(f"{world.url}/console/statistics")
+    assert driver.find_element("id", "st-analyses").text == "0"

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vigil.client.errors import VigilRpcError
 from vigil.v1 import auth_pb2, collections_pb2, folders_pb2
 from vigil.web.console import admin, pages
-from vigil.web.console.client import ConsoleClient, WatchListCalls
+from vigil.web.console.client import ConsoleClient, WatchListCalls, statistics
 
 #: Like the adapter's, but its forms post to the console itself.
 CSP = (
@@ -456,6 +456,28 @@ class Console:
         response = await self._watchlist_page(request, found)
         return self.finish(response, request, refreshed)
 
+    async def statistics(self, request: Request) -> Response:
+        query = {k: v for k, v in request.query_params.items() if v}
+        try:
+            since = datetime.fromisoformat(query["since"]) if "since" in query else None
+            until = datetime.fromisoformat(query["until"]) if "until" in query else None
+        except ValueError:
+            return HTMLResponse(
+                pages.error(None, "", "Bad request", "dates are YYYY-MM-DD"), status_code=400
+            )
+        refreshed: list[auth_pb2.TokenPair] = []
+
+        async def work(token: str) -> str:
+            who = await self.client.whoami(token)
+            found = await statistics(self.client, token, since, until)
+            return pages.statistics(who, self.csrf_of(request), found, query)
+
+        try:
+            html = await self.as_person(request, refreshed, work)
+        except VigilRpcError as error:
+            return self.finish(self.failed(error, request), request, refreshed)
+        return self.finish(HTMLResponse(html), request, refreshed)
+
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC:
@@ -518,6 +540,7 @@ def console_routes(client: ConsoleClient) -> list[Mount]:
             Route(
                 "/admin/keys/{item}/revoke", partial(admin.act, console=console), methods=["POST"]
             ),
+            Route("/statistics", console.statistics),
             Route("/static/{name}", console.static),
         ]
     )

@@ -21,6 +21,8 @@ from vigil.v1 import (
     common_pb2,
     folders_pb2,
     folders_pb2_grpc,
+    statistics_pb2,
+    statistics_pb2_grpc,
 )
 
 Reply = TypeVar("Reply")
@@ -241,3 +243,18 @@ class WatchListCalls:
                 request, timeout=self.client.timeout, metadata=self.client.metadata(token)
             )
         )
+
+
+async def statistics(
+    client: ConsoleClient, token: str, since: datetime | None, until: datetime | None
+) -> statistics_pb2.StatisticsReport:
+    """``Statistics.GetStatistics`` of the person's company (default: the last 30 days)."""
+    request = statistics_pb2.GetStatisticsRequest()
+    if since is not None:
+        request.since.CopyFrom(_stamp(since))
+    if until is not None:
+        request.until.CopyFrom(_stamp(until))
+    stub = statistics_pb2_grpc.StatisticsStub(client.channel)
+    return await client.call(
+        stub.GetStatistics(request, timeout=client.timeout, metadata=client.metadata(token))
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from html import escape
 
-from vigil.v1 import auth_pb2, collections_pb2, folders_pb2
+from vigil.v1 import auth_pb2, collections_pb2, folders_pb2, statistics_pb2
 
 RESOLUTIONS = ("SUCCESS", "DECLINED", "OPERATOR_REQUIRED", "PROCESSING", "FAILED")
 ANALYSIS_TYPES = ("LIVENESS", "BIOMETRY", "BLACKLIST", "BEST_SHOT")
@@ -37,6 +37,7 @@ def page(title: str, body: str, who: auth_pb2.Principal | None = None, csrf: str
         nav = (
             '<nav aria-label="Console"><a href="/console/">Folders</a>'
             '<a href="/console/watchlists">Watch-lists</a>'
+            '<a href="/console/statistics">Statistics</a>'
             '<a href="/console/admin">Administration</a>'
             f'<span class="who">{e(who.company_name)} · {e(role_name(who.role))} · '
             f"{'FULL' if is_full(who) else 'SAFE'}</span>"
@@ -370,3 +371,82 @@ def watchlist(
         + (f"<ul class='people'>{listed}</ul>" if listed else "<p class='empty'>Empty.</p>")
     )
     return page(f"Watch-list {name}", body, who, csrf)
+
+
+#: Bar colours of the statistics chart (CSS classes), by resolution.
+SHOWN_RESOLUTIONS = ("SUCCESS", "DECLINED", "OPERATOR_REQUIRED", "FAILED", "PROCESSING")
+
+
+def _day_chart(per_day: dict[str, dict[str, int]]) -> str:
+    """Analyses per day as stacked bars by resolution (an inline SVG, 24 px a day)."""
+    if not per_day:
+        return ""
+    top = max(sum(v.values()) for v in per_day.values())
+    bars = []
+    for i, (day, counts) in enumerate(sorted(per_day.items())):
+        y = 120.0
+        for resolution in SHOWN_RESOLUTIONS:
+            height = 110.0 * counts.get(resolution, 0) / top
+            if height:
+                y -= height
+                bars.append(
+                    f'<rect x="{i * 24 + 4}" y="{y:.1f}" width="18" height="{height:.1f}" '
+                    f'class="bar-{resolution}"><title>{e(day)} {resolution}: '
+                    f"{counts.get(resolution, 0)}</title></rect>"
+                )
+        bars.append(f'<text x="{i * 24 + 13}" y="134" class="day">{e(day[8:])}</text>')
+    width = max(240, 24 * len(per_day) + 8)
+    legend = " ".join(
+        f'<span class="key bar-{r}" aria-hidden="true"></span>{r}' for r in SHOWN_RESOLUTIONS
+    )
+    return (
+        f'<figure class="days"><svg viewBox="0 0 {width} 140" width="{width}" height="140" '
+        f'role="img" aria-label="Analyses per day by resolution, highest day {top}">'
+        f"{''.join(bars)}</svg><figcaption>{legend}</figcaption></figure>"
+    )
+
+
+def statistics(
+    who: auth_pb2.Principal,
+    csrf: str,
+    found: statistics_pb2.StatisticsReport,
+    query: dict[str, str],
+) -> str:
+    per_day: dict[str, dict[str, int]] = {}
+    rows = []
+    for d in found.days:
+        resolution = resolution_name(d.resolution)
+        per_day.setdefault(d.day, {})
+        per_day[d.day][resolution] = per_day[d.day].get(resolution, 0) + d.count
+        rows.append(
+            f"<tr><td>{e(d.day)}</td><td>{e(type_name(d.type))}</td>"
+            f'<td class="res-{e(resolution)}">{e(resolution)}</td><td>{d.count}</td></tr>'
+        )
+    form = (
+        '<form method="get" action="/console/statistics" class="filters" aria-label="Range">'
+        '<label for="st-since">Since</label>'
+        f'<input id="st-since" name="since" type="date" value="{e(query.get("since", ""))}">'
+        '<label for="st-until">Until</label>'
+        f'<input id="st-until" name="until" type="date" value="{e(query.get("until", ""))}">'
+        '<button type="submit">Show</button></form>'
+    )
+    figures = (
+        '<dl class="figures">'
+        f"<div><dt>Analyses</dt><dd id='st-analyses'>{found.analyses}</dd></div>"
+        f"<div><dt>Decline rate</dt><dd id='st-decline'>{100 * found.decline_rate:.1f}%</dd>"
+        "</div>"
+        f"<div><dt>Operator backlog</dt><dd id='st-backlog'>{found.operator_backlog}</dd></div>"
+        "<div><dt>Median processing</dt>"
+        f"<dd id='st-median'>{found.median_processing_ms:.0f} ms</dd></div></dl>"
+    )
+    since = found.since.ToDatetime().strftime("%Y-%m-%d %H:%M")
+    until = found.until.ToDatetime().strftime("%Y-%m-%d %H:%M")
+    table = (
+        "<table class='stats'><thead><tr><th scope='col'>Day (UTC)</th><th scope='col'>Type</th>"
+        "<th scope='col'>Resolution</th><th scope='col'>Analyses</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+    body = (
+        form + f"<p>From {e(since)} to {e(until)} UTC.</p>" + figures + _day_chart(per_day) + table
+    )
+    return page("Statistics", body, who, csrf)
