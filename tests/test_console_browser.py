@@ -160,6 +160,9 @@ def click(driver: Any, selector: str) -> None:
     body = driver.find_element("tag name", "body")
     driver.find_element("css selector", selector).click()
     WebDriverWait(driver, 10).until(expected_conditions.staleness_of(body))
+    WebDriverWait(driver, 10).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
 
 
 def text(driver: Any) -> str:
@@ -182,6 +185,17 @@ def test_sign_in_refuses_a_wrong_password_and_needs_a_session(driver: Any, world
     for name in ("vigil_console_access", "vigil_console_refresh", "vigil_console_csrf"):
         assert cookies[name]["httpOnly"] and cookies[name]["sameSite"] == "Strict"
     assert driver.execute_script("return document.cookie") == ""
+    # an access token the service refuses (expired): the refresh token gets a new pair
+    driver.delete_cookie("vigil_console_access")
+    driver.add_cookie(
+        {**cookies["vigil_console_access"], "value": "expired"}
+        | {"sameSite": "Strict", "httpOnly": True}
+    )
+    driver.get(f"{world.url}/console/")
+    assert driver.current_url == f"{world.url}/console/" and "Folders" in text(driver)
+    renewed = driver.get_cookie("vigil_console_access")
+    # a fresh access token (the same claims within one second give the same token)
+    assert renewed is not None and renewed["value"] != "expired"
     # sign-out forgets them
     click(driver, "nav button")
     assert driver.current_url == f"{world.url}/console/login"
@@ -223,6 +237,16 @@ def test_find_a_folder_by_transaction_id_and_see_its_media_and_results(
     assert float(rect.get_attribute("width")) == pytest.approx(box.width, abs=0.1)
     assert "SUCCESS" in text(driver) and transaction_id in text(driver)
     screenshot(driver, "folder-photo")
+    # the media as the service stored them, through the console with the person's token
+    cookies = {c["name"]: c["value"] for c in driver.get_cookies()}
+    media = world.photo_folder.media[0]
+    reply = httpx.get(f"{world.url}/console/media/{media.id}", cookies=cookies)
+    assert reply.status_code == 200 and reply.content == (FACES / "obama.jpg").read_bytes()
+    assert reply.headers["content-type"] == "image/jpeg"
+    assert reply.headers["content-disposition"] == "inline"
+    policy = reply.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "form-action 'self'" in policy
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
 
 
 def test_a_video_analysis_plays_and_charts_its_frames(driver: Any, world: World) -> None:
