@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import FACES, ROOT, ServerThread, make_settings
@@ -240,7 +240,7 @@ def test_find_a_folder_by_transaction_id_and_see_its_media_and_results(
     # the media as the service stored them, through the console with the person's token
     cookies = {c["name"]: c["value"] for c in driver.get_cookies()}
     media = world.photo_folder.media[0]
-    reply = httpx.get(f"{world.url}/console/media/{media.id}", cookies=cookies)
+    reply = httpx2.get(f"{world.url}/console/media/{media.id}", cookies=cookies)
     assert reply.status_code == 200 and reply.content == (FACES / "obama.jpg").read_bytes()
     assert reply.headers["content-type"] == "image/jpeg"
     assert reply.headers["content-disposition"] == "inline"
@@ -327,7 +327,7 @@ def test_a_post_without_the_csrf_token_is_refused(driver: Any, world: World) -> 
     assert driver.current_url == f"{world.url}/console/"
     # a request with the person's cookies but no form token (what a forged page could send)
     cookies = {c["name"]: c["value"] for c in driver.get_cookies()}
-    reply = httpx.post(
+    reply = httpx2.post(
         f"{world.url}/console/analyses/{analysis.id}/resolve",
         data={"resolution": "DECLINED", "comment": "forged"},
         cookies=cookies,
