@@ -84,6 +84,7 @@ def world(models_dir: Path) -> Iterator[World]:
         "admin": _person(running, f"admin-{run}@a.test", "CLIENT_ADMIN", "FULL", "console-a"),
         "operator": _person(running, f"op-{run}@a.test", "CLIENT_OPERATOR", "FULL", "console-a"),
         "safe": _person(running, f"safe-{run}@a.test", "CLIENT_OPERATOR", "SAFE", "console-a"),
+        "root": _person(running, f"root-{run}@a.test", "ADMIN", "FULL", "console-a"),
         "other": _person(running, f"b-{run}@b.test", "CLIENT_ADMIN", "FULL", "console-b"),
     }
     key = running.new_key("SERVICE", company="console-a")
@@ -397,6 +398,11 @@ def test_administration_as_the_service_allows_each_role(driver: Any, world: Worl
     ):
         client.create_folder({"made_by": "a revoked key"})
     assert "UNAUTHENTICATED" in str(refused.value)
+    # an ADMIN sees the companies too
+    sign_in(driver, world, "root")
+    driver.get(f"{world.url}/console/admin")
+    companies = driver.find_element("css selector", "table.companies").text
+    assert "console-a" in companies and "console-b" in companies
     # an operator has no administration
     sign_in(driver, world, "operator")
     driver.get(f"{world.url}/console/admin")
