@@ -19,10 +19,13 @@ from vigil.v1 import auth_pb2, auth_pb2_grpc, folders_pb2, statistics_pb2, stati
 COMPANY = "stats-a"
 
 
-@pytest.fixture(scope="module")
-def vigil(models_dir: Path) -> Iterator[ServerThread]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def vigil(models_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerThread]:
     # a wide grey zone: obama against biden is a case for an operator
-    running = ServerThread(make_settings(models_dir, biometry_grey_zone=5.0)).start()
+    settings: dict[str, object] = {"biometry_grey_zone": 5.0}
+    if request.param == "postgresql":
+        settings["database_url"] = request.getfixturevalue("postgres_database")
+    running = ServerThread(make_settings(models_dir, **settings)).start()
     yield running
     running.stop()
 
