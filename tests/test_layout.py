@@ -19,7 +19,15 @@ import pytest
 from tests.conftest import ROOT
 
 #: What vigil-client may import besides itself, vigil.v1 and the standard library.
-CLIENT_DEPENDENCIES = {"grpc", "google.protobuf", "google.rpc", "jwt", "cryptography"}
+CLIENT_DEPENDENCIES = {
+    "grpc",
+    "google.protobuf",
+    "google.rpc",
+    "jwt",
+    "cryptography",
+    "standardwebhooks",
+    "shtab",
+}
 #: Optional imports of the client, made inside the functions that need them (`vigil stream`).
 CLIENT_OPTIONAL = {"av", "cv2"}
 #: All storage may take from the engine: the error hierarchy and the model identities.
