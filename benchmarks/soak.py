@@ -42,8 +42,10 @@ from vigil.v1 import (
 
 SOAK_CONFIG = ServerConfig(
     "soak",
-    # The persistent path too: one analysis worker runs the queued LIVENESS analyses.
-    {"VIGIL_ANALYSIS_WORKERS": "1"},
+    # The persistent path too: one analysis worker runs the queued LIVENESS analyses. The
+    # folder quota is raised: at concurrency 4 the soak creates ~20,000 folders an hour, and a
+    # run at the default (10,000) spent its last 15 minutes refused (a different load).
+    {"VIGIL_ANALYSIS_WORKERS": "1", "VIGIL_FOLDERS_PER_COMPANY_PER_HOUR": "1000000"},
     "defaults on SQLite, one analysis worker",
 )
 
