@@ -449,7 +449,7 @@ def test_installed_server_serves(
 ) -> None:
     venv_dir = installs.server.ready()
     site = site_packages(venv_dir)
-    check_site(site, {"client", "v1", "server", "inference", "storage"})
+    check_site(site, {"client", "v1", "server", "inference", "storage", "web"})
     assert installed_top_level(site, wheels.server.dist_info) == {"vigil", wheels.server.dist_info}
 
     vigil = str(venv_dir / "bin" / "vigil")

@@ -224,6 +224,7 @@ def test_sync_client_error_carries_reason(server: ServerThread) -> None:
 def test_sdk_public_names() -> None:
     assert sdk.__all__ == [
         "AsyncVigilClient",
+        "ChallengeVerdictClaims",
         "DetectResult",
         "Face",
         "LivenessResult",
@@ -234,6 +235,9 @@ def test_sdk_public_names() -> None:
         "VerifyResult",
         "VigilClient",
         "VigilRpcError",
+        "WebhookSignatureError",
+        "verify_challenge_verdict",
+        "verify_delivery",
         "verify_verdict",
     ]
     for name in sdk.__all__:
